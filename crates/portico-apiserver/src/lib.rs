@@ -1,0 +1,9 @@
+//! The Kubernetes API server for Service networking: discovery, OpenAPI, CRUD, patch, watch,
+//! Tables and authentication over HTTPS, on top of a [`portico_store::Store`].
+//!
+//! Owns: the HTTP surface and wire compatibility with kube-apiserver, generic object storage
+//! semantics, and the per-kind strategies (Service allocation lives in `service`).
+//! Must not: run controllers or data-plane logic; those talk to it only through the API.
+
+pub mod error;
+pub mod hooks;
