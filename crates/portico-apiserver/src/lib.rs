@@ -7,3 +7,11 @@
 
 pub mod error;
 pub mod hooks;
+pub mod keys;
+pub mod openapi;
+pub mod patch;
+pub mod protobuf;
+pub mod service;
+pub mod ssa;
+pub mod strict;
+pub mod table;

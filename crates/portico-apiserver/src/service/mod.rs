@@ -1,0 +1,1 @@
+//! Service registry strategy (to be written).
