@@ -6,6 +6,9 @@
 //! and etcd (`--etcd-servers`).
 //! Must not: know about Kubernetes objects, HTTP, or anything above raw bytes under string keys.
 
+pub mod embedded;
+pub mod testing;
+
 use std::pin::Pin;
 
 use async_trait::async_trait;
@@ -85,7 +88,10 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Vec<Event>>> + Send>>;
 pub enum Error {
     /// The requested revision was compacted away; clients answer 410 Gone.
     #[error("required revision {requested} has been compacted (oldest available {compacted})")]
-    Compacted { requested: Revision, compacted: Revision },
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
     /// The requested revision is newer than the store's current one.
     #[error("required revision {0} is a future revision")]
     FutureRevision(Revision),
