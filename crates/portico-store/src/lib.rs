@@ -7,6 +7,7 @@
 //! Must not: know about Kubernetes objects, HTTP, or anything above raw bytes under string keys.
 
 pub mod embedded;
+pub mod etcd;
 pub mod testing;
 
 use std::pin::Pin;
