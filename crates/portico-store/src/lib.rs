@@ -6,9 +6,12 @@
 //! and etcd (`--etcd-servers`).
 //! Must not: know about Kubernetes objects, HTTP, or anything above raw bytes under string keys.
 
+pub mod compaction;
 pub mod embedded;
 pub mod etcd;
 pub mod testing;
+
+pub use compaction::{CompactionPolicy, spawn_auto_compaction};
 
 use std::pin::Pin;
 
