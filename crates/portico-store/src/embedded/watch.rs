@@ -84,7 +84,7 @@ impl WatchState {
             }
             if self.next <= self.catch_up_to {
                 let to = self.catch_up_to.min(self.next + REPLAY_CHUNK - 1);
-                match replay(self.shared.clone(), self.next, to).await {
+                match replay(self.shared.clone(), &self.prefix, self.next, to).await {
                     Ok(batches) => {
                         for batch in batches {
                             self.accept(&batch);
@@ -129,7 +129,12 @@ impl WatchState {
 
 /// The committed transactions with revisions in `from..=to`, from the ring when it still holds
 /// them and from the log otherwise.
-async fn replay(shared: Arc<Shared>, from: Revision, to: Revision) -> Result<Vec<Arc<Batch>>> {
+async fn replay(
+    shared: Arc<Shared>,
+    prefix: &str,
+    from: Revision,
+    to: Revision,
+) -> Result<Vec<Arc<Batch>>> {
     {
         let hub = shared.hub();
         check_compacted(from, hub.compacted)?;
@@ -146,12 +151,19 @@ async fn replay(shared: Arc<Shared>, from: Revision, to: Revision) -> Result<Vec
                 .collect());
         }
     }
-    tokio::task::spawn_blocking(move || read_batches(&shared, from, to))
+    let prefix = prefix.to_string();
+    tokio::task::spawn_blocking(move || read_batches(&shared, &prefix, from, to))
         .await
         .map_err(internal)?
 }
 
-fn read_batches(shared: &Shared, from: Revision, to: Revision) -> Result<Vec<Arc<Batch>>> {
+/// Reads the log; only changes under `prefix` are decoded in full.
+fn read_batches(
+    shared: &Shared,
+    prefix: &str,
+    from: Revision,
+    to: Revision,
+) -> Result<Vec<Arc<Batch>>> {
     let txn = shared.db.begin_read().map_err(internal)?;
     let (_, compacted) = read_meta(&txn)?;
     check_compacted(from, compacted)?;
@@ -166,6 +178,9 @@ fn read_batches(shared: &Shared, from: Revision, to: Revision) -> Result<Vec<Arc
         let (revision, _) = key.value();
         let revision = to_rev(revision);
         let entry = decode_entry(value.value())?;
+        if !entry.key.starts_with(prefix) {
+            continue;
+        }
         let prev = if entry.prev_mod_revision > 0 {
             let prev_mod = to_u64(entry.prev_mod_revision);
             let packed = history
