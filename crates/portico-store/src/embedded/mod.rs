@@ -752,11 +752,11 @@ fn list_blocking(
             if !key.starts_with(prefix) {
                 break;
             }
-            if candidate.as_ref().is_some_and(|(held, _, _)| held != key) {
-                if !emit(candidate.take(), &mut kvs)? {
-                    stopped = true;
-                    break;
-                }
+            if candidate.as_ref().is_some_and(|(held, _, _)| held != key)
+                && !emit(candidate.take(), &mut kvs)?
+            {
+                stopped = true;
+                break;
             }
             if key_revision <= at_key {
                 candidate = Some((key.to_string(), key_revision, value.value()));

@@ -166,7 +166,7 @@ pub async fn check_get_and_list(store: &Arc<dyn Store>, prefix: &str) {
         (Some("bb"), 0, &["c", "d"], false),
     ];
     for (after, limit, expected, more) in cases {
-        let after_key = after.map(|name| k(name));
+        let after_key = after.map(&k);
         let page = store
             .list(prefix, after_key.as_deref(), *limit, None)
             .await
