@@ -198,7 +198,7 @@ impl Token {
         }
     }
     /// In value position the keywords are ordinary identifiers.
-    fn as_value(self) -> Token {
+    fn into_value(self) -> Token {
         match self {
             Token::In => Token::Identifier("in".into()),
             Token::NotIn => Token::Identifier("notin".into()),
@@ -274,10 +274,10 @@ impl Parser {
         t
     }
     fn peek_value(&self) -> Token {
-        self.peek().as_value()
+        self.peek().into_value()
     }
     fn next_value(&mut self) -> Token {
-        self.next().as_value()
+        self.next().into_value()
     }
 
     fn parse(&mut self) -> Result<Vec<Requirement>, String> {
@@ -698,8 +698,8 @@ fn split_term(term: &str) -> Option<(&str, &str, &str)> {
     for (i, _) in term.char_indices() {
         let rest = &term[i..];
         for op in ["!=", "==", "="] {
-            if rest.starts_with(op) {
-                return Some((&term[..i], op, &rest[op.len()..]));
+            if let Some(value) = rest.strip_prefix(op) {
+                return Some((&term[..i], op, value));
             }
         }
     }
