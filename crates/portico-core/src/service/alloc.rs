@@ -520,9 +520,13 @@ fn family_ips(svc: &Service) -> Vec<(IpFamily, IpAddr)> {
         .collect()
 }
 
-/// Every node port a Service holds (ports and health-check port), deduplicated.
+/// Every node port a Service of its type holds (ports and health-check port), deduplicated.
 pub fn held_node_ports(svc: &Service) -> BTreeSet<i32> {
-    let mut s: BTreeSet<i32> = ports(svc).iter().filter_map(|p| p.node_port).filter(|&n| n > 0).collect();
+    let mut s: BTreeSet<i32> = if needs_node_port(svc) {
+        ports(svc).iter().filter_map(|p| p.node_port).filter(|&n| n > 0).collect()
+    } else {
+        BTreeSet::new()
+    };
     let hc = health_check_node_port(svc);
     if hc > 0 && needs_health_check(svc) {
         s.insert(hc);

@@ -564,4 +564,4 @@ pub fn err(kind: ErrorType, field: &str, value: Option<&str>, detail: &str) -> F
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
