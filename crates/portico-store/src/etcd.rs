@@ -118,6 +118,12 @@ impl EtcdStore {
         full
     }
 
+    /// The first key of a range: etcd rejects an empty key, and `"\0"` is the lowest one.
+    fn range_start(&self, key: &str) -> Vec<u8> {
+        let full = self.full_key(key);
+        if full.is_empty() { vec![0] } else { full }
+    }
+
     fn convert_kv(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue> {
         let key = kv
             .key()
@@ -140,7 +146,7 @@ impl EtcdStore {
             let mut watch_client = self.client.watch_client();
             let options = WatchOptions::new().with_start_revision(requested.max(1));
             let mut watch = watch_client
-                .watch(self.full_key(""), Some(options))
+                .watch(self.range_start(""), Some(options))
                 .await
                 .ok()?;
             for _ in 0..3 {
@@ -202,7 +208,7 @@ impl Store for EtcdStore {
                 start.push(0);
                 start
             }
-            None => full_prefix.clone(),
+            None => self.range_start(prefix),
         };
         let mut options = GetOptions::new().with_range(prefix_end(&full_prefix));
         if limit > 0 {
@@ -267,7 +273,7 @@ impl Store for EtcdStore {
         let mut watch = self
             .client
             .watch_client()
-            .watch(full_prefix, Some(options))
+            .watch(self.range_start(prefix), Some(options))
             .await
             .map_err(|error| map_error(error, Context::None))?;
         // Wait for etcd to confirm the watch, so events written after this returns are seen.
@@ -313,7 +319,10 @@ impl Store for EtcdStore {
         let response = self
             .client
             .kv_client()
-            .get(self.full_key(""), Some(GetOptions::new().with_count_only()))
+            .get(
+                self.range_start(""),
+                Some(GetOptions::new().with_count_only()),
+            )
             .await
             .map_err(|error| map_error(error, Context::None))?;
         Ok(response.header().map(|h| h.revision()).unwrap_or(0))

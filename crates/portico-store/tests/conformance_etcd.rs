@@ -17,6 +17,15 @@ async fn etcd_store_passes_conformance_suite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_store_without_key_prefix_passes_conformance_suite() {
+    let etcd = EtcdProcess::start();
+    let store: Arc<dyn Store> = EtcdStore::connect(&etcd.endpoints(), "")
+        .await
+        .expect("connect to etcd");
+    conformance_suite(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_store_connect_fails_cleanly_when_nothing_listens() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

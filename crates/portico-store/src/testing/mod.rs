@@ -180,6 +180,12 @@ pub async fn check_get_and_list(store: &Arc<dyn Store>, prefix: &str) {
     let before = store.list(prefix, Some("/"), 1, None).await.unwrap();
     assert_eq!(before.kvs[0].key, k("a"));
 
+    // The empty prefix lists everything, still in byte order.
+    let everything = store.list("", None, 0, None).await.unwrap();
+    assert!(everything.kvs.iter().any(|kv| kv.key == k("a")));
+    assert!(everything.kvs.iter().any(|kv| kv.key == sibling));
+    assert!(everything.kvs.windows(2).all(|w| w[0].key < w[1].key));
+
     let empty = store
         .list("/conf/nothing-here/", None, 0, None)
         .await
