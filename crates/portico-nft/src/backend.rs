@@ -113,6 +113,9 @@ impl Delta {
     }
 }
 
+/// A service-owned element: its set and key.
+type EntryKey = (SetId, Vec<Val>);
+
 #[derive(Debug)]
 struct FamilyState {
     family: Family,
@@ -122,7 +125,7 @@ struct FamilyState {
     quarantine: VecDeque<(Instant, u32)>,
     next_slot: u32,
     /// Owners and their data for every service-owned element (conflicts: the first owner wins).
-    entries: HashMap<(SetId, Vec<Val>), Vec<(u32, Data)>>,
+    entries: HashMap<EntryKey, Vec<(u32, Data)>>,
     hairpin: HashMap<IpAddr, u32>,
 }
 
@@ -143,7 +146,7 @@ impl FamilyState {
 /// Per-sync bookkeeping of one family: what was touched, to net the changes at the end.
 #[derive(Default)]
 struct Touched {
-    entries: HashMap<(SetId, Vec<Val>), Option<Data>>,
+    entries: HashMap<EntryKey, Option<Data>>,
     hairpin: HashMap<IpAddr, bool>,
     slots: Vec<Vec<(IpAddr, u16)>>,
     new_slots: Vec<Vec<(IpAddr, u16)>>,
@@ -335,13 +338,13 @@ fn slot_elements(id: u32, endpoints: &[(IpAddr, u16)]) -> Vec<Elem> {
 }
 
 impl FamilyState {
-    fn visible(&self, key: &(SetId, Vec<Val>)) -> Option<Data> {
+    fn visible(&self, key: &EntryKey) -> Option<Data> {
         self.entries
             .get(key)
             .and_then(|owners| owners.first().map(|(_, d)| d.clone()))
     }
 
-    fn touch(&self, touched: &mut Touched, key: &(SetId, Vec<Val>)) {
+    fn touch(&self, touched: &mut Touched, key: &EntryKey) {
         if !touched.entries.contains_key(key) {
             touched.entries.insert(key.clone(), self.visible(key));
         }

@@ -72,12 +72,12 @@ fn normalize(listing: &str) -> String {
         .map(|l| {
             let mut words: Vec<String> = l.split(' ').map(str::to_string).collect();
             for i in 2..words.len() {
-                if words[i - 1] == "." && words.get(i + 1).is_some_and(|w| w == ":") {
-                    if let Some(hex) = words[i].strip_prefix("0x")
-                        && let Ok(n) = u32::from_str_radix(hex, 16)
-                    {
-                        words[i] = n.to_string();
-                    }
+                if words[i - 1] == "."
+                    && words.get(i + 1).is_some_and(|w| w == ":")
+                    && let Some(hex) = words[i].strip_prefix("0x")
+                    && let Ok(n) = u32::from_str_radix(hex, 16)
+                {
+                    words[i] = n.to_string();
                 }
             }
             format!("{}\n", words.join(" "))

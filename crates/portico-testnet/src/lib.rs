@@ -334,6 +334,11 @@ impl Sandbox {
         };
         for i in 0..nodes.min(50) {
             let ns = Netns::new(&format!("node{i}"))?;
+            // Client traffic to a Service range routed via a node leaves by the interface it
+            // came in: no ICMP redirects, which would also eat the ICMP rate-limit token that
+            // a reject needs.
+            ns.sysctl("net.ipv4.conf.all.send_redirects", "0")?;
+            ns.sysctl("net.ipv4.conf.default.send_redirects", "0")?;
             let ip = Ipv4Addr::new(192, 168, 50, 10 + i as u8);
             let port = format!("node{i}");
             veth(&sandbox.gateway, &port, &ns, "eth0")?;

@@ -42,11 +42,7 @@ pub fn service(
     port: u16,
     endpoints: Vec<Endpoint>,
 ) -> ServicePortPlan {
-    let no = if endpoints.is_empty() {
-        NoEndpoints::Reject
-    } else {
-        NoEndpoints::Reject
-    };
+    let no = NoEndpoints::Reject;
     ServicePortPlan {
         name: ServicePortName {
             namespace: "default".into(),
