@@ -349,7 +349,8 @@ pub fn subsets_equal(a: &[EndpointSubset], b: &[EndpointSubset]) -> bool {
 pub fn reconcile(input: &EndpointsInput<'_>) -> Option<EndpointsWrite> {
     let service = input.service;
     let spec = service.spec.as_ref()?;
-    spec.selector.as_ref()?;
+    // An empty selector is dropped by JSON round trips, so it means "no selector" here too.
+    spec.selector.as_ref().filter(|s| !s.is_empty())?;
     if spec.type_.as_deref() == Some("ExternalName") {
         return None;
     }

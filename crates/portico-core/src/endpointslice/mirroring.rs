@@ -122,7 +122,9 @@ pub fn reconcile(input: &MirrorInput<'_>) -> SliceChanges {
     };
     let spec = service.spec.as_ref();
     if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName")
-        || spec.and_then(|s| s.selector.as_ref()).is_some()
+        || spec
+            .and_then(|s| s.selector.as_ref())
+            .is_some_and(|s| !s.is_empty())
     {
         delete_all(&mut changes);
         return changes;

@@ -189,7 +189,9 @@ pub fn reconcile(input: &SliceInput<'_>) -> SliceChanges {
     let mut changes = SliceChanges::default();
     let service = input.service;
     let spec = service.spec.as_ref();
-    let has_selector = spec.and_then(|s| s.selector.as_ref()).is_some();
+    let has_selector = spec
+        .and_then(|s| s.selector.as_ref())
+        .is_some_and(|s| !s.is_empty());
     let external_name = spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName");
     if !has_selector || external_name {
         // Without a selector (or as ExternalName) this controller manages no slices; drop any
