@@ -120,10 +120,6 @@ impl AllocState {
         self.outside.remove(&ip);
     }
 
-    pub fn ip_allocated(&self, ip: &IpAddr) -> bool {
-        self.outside.contains(ip) || self.ranges.get(&IpFamily::of(ip)).is_some_and(|f| f.is_allocated(ip))
-    }
-
     pub fn mark_port(&mut self, port: i32) {
         let _ = self.ports.allocate(port);
     }
