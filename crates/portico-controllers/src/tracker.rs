@@ -18,9 +18,12 @@ enum Expect {
     Gone,
 }
 
+/// Service → slice name → what we wrote and when.
+type Expectations = HashMap<Key, HashMap<String, (Expect, Instant)>>;
+
 #[derive(Default)]
 pub(crate) struct Tracker {
-    inner: Mutex<HashMap<Key, HashMap<String, (Expect, Instant)>>>,
+    inner: Mutex<Expectations>,
 }
 
 /// Resource versions are opaque, but numeric ones (ours, etcd's) can be ordered.
@@ -32,7 +35,7 @@ fn at_least(seen: &str, expected: &str) -> bool {
 }
 
 impl Tracker {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, HashMap<String, (Expect, Instant)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Expectations> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -135,6 +135,25 @@ pub fn desired_subsets(service: &Service, pods: &[&Pod]) -> Vec<EndpointSubset> 
 }
 
 type AddressKey = (String, String);
+type PortKey = (String, i32, String, String);
+/// Port (None = the "no ports" sentinel) → the port and its addresses with readiness.
+type AddressesByPort = BTreeMap<
+    Option<PortKey>,
+    (
+        Option<EndpointPort>,
+        BTreeMap<AddressKey, (EndpointAddress, bool)>,
+    ),
+>;
+/// Identical address sets → their ports and addresses.
+type PortsByAddresses =
+    BTreeMap<Vec<(AddressKey, bool)>, (Vec<EndpointPort>, Vec<(EndpointAddress, bool)>)>;
+type TargetKey = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+type NormalizedAddress = (String, Option<String>, Option<String>, Option<TargetKey>);
 
 fn address_key(a: &EndpointAddress) -> AddressKey {
     (
@@ -146,7 +165,7 @@ fn address_key(a: &EndpointAddress) -> AddressKey {
     )
 }
 
-fn port_key(p: &EndpointPort) -> (String, i32, String, String) {
+fn port_key(p: &EndpointPort) -> PortKey {
     (
         p.name.clone().unwrap_or_default(),
         p.port,
@@ -160,13 +179,7 @@ fn port_key(p: &EndpointPort) -> (String, i32, String, String) {
 /// ready. Output is sorted (subsets, addresses by IP, ports by name/number).
 pub fn repack_subsets(subsets: &[EndpointSubset]) -> Vec<EndpointSubset> {
     // Port (None = "no ports" sentinel) → address key → (address, ready).
-    let mut by_port: BTreeMap<
-        Option<(String, i32, String, String)>,
-        (
-            Option<EndpointPort>,
-            BTreeMap<AddressKey, (EndpointAddress, bool)>,
-        ),
-    > = BTreeMap::new();
+    let mut by_port: AddressesByPort = BTreeMap::new();
     for subset in subsets {
         let ports: Vec<Option<&EndpointPort>> = match subset.ports.as_deref() {
             Some(p) if !p.is_empty() => p.iter().map(Some).collect(),
@@ -188,10 +201,7 @@ pub fn repack_subsets(subsets: &[EndpointSubset]) -> Vec<EndpointSubset> {
         }
     }
     // Group ports by identical address sets.
-    let mut groups: BTreeMap<
-        Vec<(AddressKey, bool)>,
-        (Vec<EndpointPort>, Vec<(EndpointAddress, bool)>),
-    > = BTreeMap::new();
+    let mut groups: PortsByAddresses = BTreeMap::new();
     for (_, (port, addresses)) in by_port {
         if addresses.is_empty() {
             continue;
@@ -296,19 +306,7 @@ pub fn truncate(subsets: &mut [EndpointSubset]) -> bool {
     true
 }
 
-fn normalized_address(
-    a: &EndpointAddress,
-) -> (
-    String,
-    Option<String>,
-    Option<String>,
-    Option<(
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    )>,
-) {
+fn normalized_address(a: &EndpointAddress) -> NormalizedAddress {
     (
         a.ip.clone(),
         a.hostname.clone().filter(|h| !h.is_empty()),
@@ -363,12 +361,12 @@ pub fn reconcile(input: &EndpointsInput<'_>) -> Option<EndpointsWrite> {
         current_labels.remove(LABEL_HEADLESS);
         let annotations = existing.metadata.annotations.clone().unwrap_or_default();
         let annotation_right = annotations.contains_key(ANNOTATION_OVER_CAPACITY) == truncated;
-        let headless_right = existing
+        let has_headless_label = existing
             .metadata
             .labels
             .as_ref()
-            .is_some_and(|l| l.contains_key(LABEL_HEADLESS))
-            == !super::service_ip_set(service);
+            .is_some_and(|l| l.contains_key(LABEL_HEADLESS));
+        let headless_right = has_headless_label != super::service_ip_set(service);
         if subsets_equal(existing.subsets.as_deref().unwrap_or_default(), &subsets)
             && current_labels == service_labels
             && annotation_right

@@ -18,6 +18,9 @@ use super::{
     MIRRORING_CONTROLLER_NAME, PortsKey, SliceChanges,
 };
 
+/// The ports of one slice and the endpoints it should hold.
+type DesiredGroup = (Vec<EndpointPort>, BTreeMap<EndpointKey, Endpoint>);
+
 /// Everything one mirroring reconcile reads.
 pub struct MirrorInput<'a> {
     /// The Service of the same name; `None` when it does not exist.
@@ -136,10 +139,7 @@ pub fn reconcile(input: &MirrorInput<'_>) -> SliceChanges {
     let max = input.max_endpoints_per_subset.max(1);
 
     // Desired endpoints per (ports, family).
-    let mut desired: BTreeMap<
-        (PortsKey, AddressType),
-        (Vec<EndpointPort>, BTreeMap<EndpointKey, Endpoint>),
-    > = BTreeMap::new();
+    let mut desired: BTreeMap<(PortsKey, AddressType), DesiredGroup> = BTreeMap::new();
     let mut invalid = 0usize;
     let mut skipped = 0usize;
     for subset in repack_subsets(endpoints.subsets.as_deref().unwrap_or_default()) {

@@ -464,11 +464,11 @@ fn reconcile_port_mapping<'a>(
         let mut target = None;
         if rest.len() < max {
             let mut closest = max;
-            for i in first..working.len() {
-                if working[i].state != State::Unchanged {
+            for (i, w) in working.iter().enumerate().skip(first) {
+                if w.state != State::Unchanged {
                     continue;
                 }
-                let used = working[i].slice.endpoints.len() + rest.len();
+                let used = w.slice.endpoints.len() + rest.len();
                 if used <= max && max - used < closest {
                     closest = max - used;
                     target = Some(i);
