@@ -17,7 +17,8 @@ use crate::field::{ErrorType, FieldError, quote};
 
 const DNS1123_LABEL_FMT: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?";
 const DNS1123_LABEL_ERR: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character";
-const DNS1123_SUBDOMAIN_FMT: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
+const DNS1123_SUBDOMAIN_FMT: &str =
+    "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
 const DNS1123_SUBDOMAIN_ERR: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character";
 const DNS1035_LABEL_FMT: &str = "[a-z]([-a-z0-9]*[a-z0-9])?";
 const DNS1035_LABEL_ERR: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character";
@@ -79,7 +80,11 @@ pub fn is_dns1123_label(s: &str) -> Vec<String> {
         errs.push(max_len_error(63));
     }
     if !matches_dns1123_label(s) {
-        errs.push(regex_error(DNS1123_LABEL_ERR, DNS1123_LABEL_FMT, &["my-name", "123-abc"]));
+        errs.push(regex_error(
+            DNS1123_LABEL_ERR,
+            DNS1123_LABEL_FMT,
+            &["my-name", "123-abc"],
+        ));
     }
     errs
 }
@@ -91,7 +96,11 @@ pub fn is_dns1123_subdomain(s: &str) -> Vec<String> {
         errs.push(max_len_error(253));
     }
     if s.is_empty() || !s.split('.').all(matches_dns1123_label) {
-        errs.push(regex_error(DNS1123_SUBDOMAIN_ERR, DNS1123_SUBDOMAIN_FMT, &["example.com"]));
+        errs.push(regex_error(
+            DNS1123_SUBDOMAIN_ERR,
+            DNS1123_SUBDOMAIN_FMT,
+            &["example.com"],
+        ));
     }
     errs
 }
@@ -104,7 +113,11 @@ pub fn is_dns1035_label(s: &str) -> Vec<String> {
     }
     let ok = matches_dns1123_label(s) && s.as_bytes()[0].is_ascii_lowercase();
     if !ok {
-        errs.push(regex_error(DNS1035_LABEL_ERR, DNS1035_LABEL_FMT, &["my-name", "abc-123"]));
+        errs.push(regex_error(
+            DNS1035_LABEL_ERR,
+            DNS1035_LABEL_FMT,
+            &["my-name", "abc-123"],
+        ));
     }
     errs
 }
@@ -114,7 +127,8 @@ fn matches_qualified_name_part(s: &str) -> bool {
     !b.is_empty()
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
 }
 
 /// Messages of `IsQualifiedName` (label keys, annotation keys, appProtocol, loadBalancerClass).
@@ -150,7 +164,11 @@ pub fn is_qualified_name(value: &str) -> Vec<String> {
     if !matches_qualified_name_part(name) {
         errs.push(format!(
             "name part {}",
-            regex_error(QUALIFIED_NAME_ERR, QUALIFIED_NAME_FMT, &["MyName", "my.name", "123-abc"])
+            regex_error(
+                QUALIFIED_NAME_ERR,
+                QUALIFIED_NAME_FMT,
+                &["MyName", "my.name", "123-abc"]
+            )
         ));
     }
     errs
@@ -163,14 +181,22 @@ pub fn is_valid_label_value(value: &str) -> Vec<String> {
         errs.push(max_len_error(63));
     }
     if !value.is_empty() && !matches_qualified_name_part(value) {
-        errs.push(regex_error(LABEL_VALUE_ERR, LABEL_VALUE_FMT, &["MyValue", "my_value", "12345"]));
+        errs.push(regex_error(
+            LABEL_VALUE_ERR,
+            LABEL_VALUE_FMT,
+            &["MyValue", "my_value", "12345"],
+        ));
     }
     errs
 }
 
 /// Messages of `IsValidPortNum`.
 pub fn is_valid_port_num(port: i64) -> Vec<String> {
-    if (1..=65535).contains(&port) { Vec::new() } else { vec!["must be between 1 and 65535, inclusive".to_string()] }
+    if (1..=65535).contains(&port) {
+        Vec::new()
+    } else {
+        vec!["must be between 1 and 65535, inclusive".to_string()]
+    }
 }
 
 /// Messages of `IsValidPortName` (IANA_SVC_NAME).
@@ -179,9 +205,14 @@ pub fn is_valid_port_name(port: &str) -> Vec<String> {
     if port.len() > 15 {
         errs.push(max_len_error(15));
     }
-    let charset_ok = !port.is_empty() && port.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
+    let charset_ok = !port.is_empty()
+        && port
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
     if !charset_ok {
-        errs.push("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".to_string());
+        errs.push(
+            "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".to_string(),
+        );
     } else if !port.bytes().any(|c| c.is_ascii_lowercase()) {
         errs.push("must contain at least one letter (a-z)".to_string());
     }
@@ -196,17 +227,26 @@ pub fn is_valid_port_name(port: &str) -> Vec<String> {
 
 /// `ValidateDNS1123Label` as field errors.
 pub fn validate_dns1123_label(value: &str, path: &str) -> Vec<FieldError> {
-    is_dns1123_label(value).into_iter().map(|m| FieldError::invalid(path, quote(value), m)).collect()
+    is_dns1123_label(value)
+        .into_iter()
+        .map(|m| FieldError::invalid(path, quote(value), m))
+        .collect()
 }
 
 /// `ValidateDNS1123Subdomain` as field errors.
 pub fn validate_dns1123_subdomain(value: &str, path: &str) -> Vec<FieldError> {
-    is_dns1123_subdomain(value).into_iter().map(|m| FieldError::invalid(path, quote(value), m)).collect()
+    is_dns1123_subdomain(value)
+        .into_iter()
+        .map(|m| FieldError::invalid(path, quote(value), m))
+        .collect()
 }
 
 /// `ValidateQualifiedName` as field errors.
 pub fn validate_qualified_name(value: &str, path: &str) -> Vec<FieldError> {
-    is_qualified_name(value).into_iter().map(|m| FieldError::invalid(path, quote(value), m)).collect()
+    is_qualified_name(value)
+        .into_iter()
+        .map(|m| FieldError::invalid(path, quote(value), m))
+        .collect()
 }
 
 /// Parses an IP the way upstream's strict parser does (no leading zeros, no zone).
@@ -219,7 +259,11 @@ pub fn validate_ip(value: &str, path: &str) -> Vec<FieldError> {
     if parse_ip(value).is_some() {
         Vec::new()
     } else {
-        vec![FieldError::invalid(path, quote(value), "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)")]
+        vec![FieldError::invalid(
+            path,
+            quote(value),
+            "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+        )]
     }
 }
 
@@ -228,7 +272,11 @@ pub fn validate_cidr(value: &str, path: &str) -> Vec<FieldError> {
     if value.parse::<ipnet::IpNet>().is_ok() {
         Vec::new()
     } else {
-        vec![FieldError::invalid(path, quote(value), "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)")]
+        vec![FieldError::invalid(
+            path,
+            quote(value),
+            "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)",
+        )]
     }
 }
 
@@ -249,17 +297,33 @@ fn is_link_local_unicast(ip: &IpAddr) -> bool {
 /// `ValidateNonSpecialIP`: no unspecified, loopback, link-local or link-local multicast address.
 pub fn validate_non_special_ip(value: &str, path: &str) -> Vec<FieldError> {
     let Some(ip) = parse_ip(value) else {
-        return vec![FieldError::invalid(path, quote(value), "must be a valid IP address")];
+        return vec![FieldError::invalid(
+            path,
+            quote(value),
+            "must be a valid IP address",
+        )];
     };
     let mut errs = Vec::new();
     if ip.is_unspecified() {
-        errs.push(FieldError::invalid(path, quote(value), format!("may not be unspecified ({value})")));
+        errs.push(FieldError::invalid(
+            path,
+            quote(value),
+            format!("may not be unspecified ({value})"),
+        ));
     }
     if ip.is_loopback() {
-        errs.push(FieldError::invalid(path, quote(value), "may not be in the loopback range (127.0.0.0/8, ::1/128)"));
+        errs.push(FieldError::invalid(
+            path,
+            quote(value),
+            "may not be in the loopback range (127.0.0.0/8, ::1/128)",
+        ));
     }
     if is_link_local_unicast(&ip) {
-        errs.push(FieldError::invalid(path, quote(value), "may not be in the link-local range (169.254.0.0/16, fe80::/10)"));
+        errs.push(FieldError::invalid(
+            path,
+            quote(value),
+            "may not be in the link-local range (169.254.0.0/16, fe80::/10)",
+        ));
     }
     if is_link_local_multicast(&ip) {
         errs.push(FieldError::invalid(
@@ -273,15 +337,28 @@ pub fn validate_non_special_ip(value: &str, path: &str) -> Vec<FieldError> {
 
 /// `field.NotSupported`: `supported values: "a", "b"`.
 pub fn not_supported(path: &str, value: &str, supported: &[&str]) -> FieldError {
-    let list = supported.iter().map(|v| quote(v)).collect::<Vec<_>>().join(", ");
-    let detail = if supported.is_empty() { String::new() } else { format!("supported values: {list}") };
+    let list = supported
+        .iter()
+        .map(|v| quote(v))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let detail = if supported.is_empty() {
+        String::new()
+    } else {
+        format!("supported values: {list}")
+    };
     FieldError::new(ErrorType::NotSupported, path, Some(quote(value)), detail)
 }
 
 /// `field.TooMany(path, actual, max)`.
 pub fn too_many(path: &str, actual: usize, max: usize) -> FieldError {
     let items = if max == 1 { "item" } else { "items" };
-    FieldError::new(ErrorType::TooMany, path, Some(actual.to_string()), format!("must have at most {max} {items}"))
+    FieldError::new(
+        ErrorType::TooMany,
+        path,
+        Some(actual.to_string()),
+        format!("must have at most {max} {items}"),
+    )
 }
 
 /// Which name rule a kind uses (`ValidateObjectMeta`'s `nameFn`).
@@ -323,7 +400,11 @@ pub fn is_valid_path_segment_name(name: &str) -> Vec<String> {
 
 /// Applies a name rule; `prefix` masks one trailing dash as upstream does for generateName.
 pub fn validate_name(kind: NameKind, name: &str, prefix: bool) -> Vec<String> {
-    let n = if prefix { name.strip_suffix('-').unwrap_or(name) } else { name };
+    let n = if prefix {
+        name.strip_suffix('-').unwrap_or(name)
+    } else {
+        name
+    };
     match kind {
         NameKind::Dns1123Subdomain => is_dns1123_subdomain(n),
         NameKind::Dns1123Label => is_dns1123_label(n),
@@ -369,7 +450,11 @@ pub fn validate_annotations(annotations: &BTreeMap<String, String>, path: &str) 
 
 /// `ValidateObjectMeta` for a create (names, namespace rule, generation, labels, annotations,
 /// finalizers).
-pub fn validate_object_meta(meta: &ObjectMeta, namespaced: bool, name_kind: NameKind) -> Vec<FieldError> {
+pub fn validate_object_meta(
+    meta: &ObjectMeta,
+    namespaced: bool,
+    name_kind: NameKind,
+) -> Vec<FieldError> {
     let mut errs = Vec::new();
     if let Some(g) = meta.generate_name.as_deref().filter(|g| !g.is_empty()) {
         for m in validate_name(name_kind, g, true) {
@@ -377,7 +462,10 @@ pub fn validate_object_meta(meta: &ObjectMeta, namespaced: bool, name_kind: Name
         }
     }
     match meta.name.as_deref().filter(|n| !n.is_empty()) {
-        None => errs.push(FieldError::required("metadata.name", "name or generateName is required")),
+        None => errs.push(FieldError::required(
+            "metadata.name",
+            "name or generateName is required",
+        )),
         Some(n) => {
             for m in validate_name(name_kind, n, false) {
                 errs.push(FieldError::invalid("metadata.name", quote(n), m));
@@ -394,12 +482,19 @@ pub fn validate_object_meta(meta: &ObjectMeta, namespaced: bool, name_kind: Name
             }
         }
     } else if !ns.is_empty() {
-        errs.push(FieldError::forbidden("metadata.namespace", "not allowed on this type"));
+        errs.push(FieldError::forbidden(
+            "metadata.namespace",
+            "not allowed on this type",
+        ));
     }
     if let Some(g) = meta.generation
         && g < 0
     {
-        errs.push(FieldError::invalid("metadata.generation", g.to_string(), "must be greater than or equal to 0"));
+        errs.push(FieldError::invalid(
+            "metadata.generation",
+            g.to_string(),
+            "must be greater than or equal to 0",
+        ));
     }
     if let Some(l) = &meta.labels {
         errs.extend(validate_labels(l, "metadata.labels"));
@@ -410,7 +505,11 @@ pub fn validate_object_meta(meta: &ObjectMeta, namespaced: bool, name_kind: Name
     if let Some(f) = &meta.finalizers {
         for (i, fin) in f.iter().enumerate() {
             for m in is_qualified_name(fin) {
-                errs.push(FieldError::invalid(format!("metadata.finalizers[{i}]"), quote(fin), m));
+                errs.push(FieldError::invalid(
+                    format!("metadata.finalizers[{i}]"),
+                    quote(fin),
+                    m,
+                ));
             }
         }
     }
@@ -421,18 +520,32 @@ pub fn validate_object_meta(meta: &ObjectMeta, namespaced: bool, name_kind: Name
 /// the create-time rules for labels and annotations.
 pub fn validate_object_meta_update(new: &ObjectMeta, old: &ObjectMeta) -> Vec<FieldError> {
     let mut errs = Vec::new();
-    let immutable = |path: &str, n: &Option<String>, o: &Option<String>, errs: &mut Vec<FieldError>| {
-        if n.as_deref().unwrap_or("") != o.as_deref().unwrap_or("") {
-            errs.push(FieldError::invalid(path, quote(n.as_deref().unwrap_or("")), "field is immutable"));
-        }
-    };
+    let immutable =
+        |path: &str, n: &Option<String>, o: &Option<String>, errs: &mut Vec<FieldError>| {
+            if n.as_deref().unwrap_or("") != o.as_deref().unwrap_or("") {
+                errs.push(FieldError::invalid(
+                    path,
+                    quote(n.as_deref().unwrap_or("")),
+                    "field is immutable",
+                ));
+            }
+        };
     immutable("metadata.name", &new.name, &old.name, &mut errs);
-    immutable("metadata.namespace", &new.namespace, &old.namespace, &mut errs);
+    immutable(
+        "metadata.namespace",
+        &new.namespace,
+        &old.namespace,
+        &mut errs,
+    );
     immutable("metadata.uid", &new.uid, &old.uid, &mut errs);
     if let Some(g) = new.generation
         && g < 0
     {
-        errs.push(FieldError::invalid("metadata.generation", g.to_string(), "must be greater than or equal to 0"));
+        errs.push(FieldError::invalid(
+            "metadata.generation",
+            g.to_string(),
+            "must be greater than or equal to 0",
+        ));
     }
     if let Some(l) = &new.labels {
         errs.extend(validate_labels(l, "metadata.labels"));
@@ -469,7 +582,11 @@ pub fn validate_fqdn(value: &str, path: &str) -> Vec<FieldError> {
         return vec![FieldError::invalid(path, quote(name), errs.join(","))];
     }
     if name.split('.').count() < 2 {
-        return vec![FieldError::invalid(path, quote(name), "should be a domain with at least two segments separated by dots")];
+        return vec![FieldError::invalid(
+            path,
+            quote(name),
+            "should be a domain with at least two segments separated by dots",
+        )];
     }
     for label in name.split('.') {
         let errs = is_dns1123_label(label);
@@ -507,7 +624,11 @@ pub fn validate_endpoint_slice_update(new: &EndpointSlice, old: &EndpointSlice) 
     let mut errs = validate_object_meta_update(&new.metadata, &old.metadata);
     errs.extend(validate_endpoint_slice_body(new));
     if new.address_type != old.address_type {
-        errs.push(FieldError::invalid("addressType", quote(&new.address_type), "field is immutable"));
+        errs.push(FieldError::invalid(
+            "addressType",
+            quote(&new.address_type),
+            "field is immutable",
+        ));
     }
     errs
 }
@@ -527,7 +648,10 @@ fn validate_endpoint_slice_body(slice: &EndpointSlice) -> Vec<FieldError> {
             let idx = format!("endpoints[{i}]");
             let apath = format!("{idx}.addresses");
             if ep.addresses.is_empty() {
-                errs.push(FieldError::required(&apath, "must contain at least 1 address"));
+                errs.push(FieldError::required(
+                    &apath,
+                    "must contain at least 1 address",
+                ));
             } else if ep.addresses.len() > MAX_ADDRESSES {
                 errs.push(too_many(&apath, ep.addresses.len(), MAX_ADDRESSES));
             }
@@ -536,11 +660,19 @@ fn validate_endpoint_slice_body(slice: &EndpointSlice) -> Vec<FieldError> {
                 match at {
                     "IPv4" => match a.parse::<std::net::Ipv4Addr>() {
                         Ok(_) => errs.extend(validate_non_special_ip(a, &p)),
-                        Err(_) => errs.push(FieldError::invalid(&p, quote(a), "must be a valid IPv4 address")),
+                        Err(_) => errs.push(FieldError::invalid(
+                            &p,
+                            quote(a),
+                            "must be a valid IPv4 address",
+                        )),
                     },
                     "IPv6" => match a.parse::<std::net::Ipv6Addr>() {
                         Ok(_) => errs.extend(validate_non_special_ip(a, &p)),
-                        Err(_) => errs.push(FieldError::invalid(&p, quote(a), "must be a valid IPv6 address")),
+                        Err(_) => errs.push(FieldError::invalid(
+                            &p,
+                            quote(a),
+                            "must be a valid IPv6 address",
+                        )),
                     },
                     "FQDN" => errs.extend(validate_fqdn(a, &p)),
                     _ => {}
@@ -583,7 +715,9 @@ fn validate_endpoint_slice_body(slice: &EndpointSlice) -> Vec<FieldError> {
         }
         match p.protocol.as_deref() {
             None => errs.push(FieldError::required(format!("{idx}.protocol"), "")),
-            Some(proto) if !PROTOCOLS.contains(&proto) => errs.push(not_supported(&format!("{idx}.protocol"), proto, PROTOCOLS)),
+            Some(proto) if !PROTOCOLS.contains(&proto) => {
+                errs.push(not_supported(&format!("{idx}.protocol"), proto, PROTOCOLS))
+            }
             _ => {}
         }
         if let Some(ap) = &p.app_protocol {
@@ -593,7 +727,10 @@ fn validate_endpoint_slice_body(slice: &EndpointSlice) -> Vec<FieldError> {
     errs
 }
 
-fn validate_hints(h: &k8s_openapi::api::discovery::v1::EndpointHints, path: &str) -> Vec<FieldError> {
+fn validate_hints(
+    h: &k8s_openapi::api::discovery::v1::EndpointHints,
+    path: &str,
+) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let zones = h.for_zones.as_deref().unwrap_or(&[]);
     let zp = format!("{path}.forZones");

@@ -24,7 +24,8 @@ pub struct ServiceCidrHooks {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(v: &Value, kind: &str) -> Result<T, ApiError> {
-    serde_json::from_value(v.clone()).map_err(|e| ApiError::bad_request(format!("decoding {kind}: {e}")))
+    serde_json::from_value(v.clone())
+        .map_err(|e| ApiError::bad_request(format!("decoding {kind}: {e}")))
 }
 
 enum Change {
@@ -41,7 +42,9 @@ fn apply(shared: &Shared, prepared: Prepared, committed: bool) {
     if !committed {
         return;
     }
-    let Some(c) = prepared.token.and_then(|t| t.downcast::<Change>().ok()) else { return };
+    let Some(c) = prepared.token.and_then(|t| t.downcast::<Change>().ok()) else {
+        return;
+    };
     let mut st = shared.lock();
     match *c {
         Change::MarkIp(ip) => st.mark_ip(ip),
@@ -52,7 +55,11 @@ fn apply(shared: &Shared, prepared: Prepared, committed: bool) {
 
 #[async_trait]
 impl ObjectHooks for IpAddressHooks {
-    async fn prepare_create(&self, ctx: &WriteContext, obj: &mut Value) -> Result<Prepared, ApiError> {
+    async fn prepare_create(
+        &self,
+        ctx: &WriteContext,
+        obj: &mut Value,
+    ) -> Result<Prepared, ApiError> {
         self.shared.ensure_synced().await?;
         let ip: IPAddress = decode(obj, "IPAddress")?;
         let errs = cidr::validate_ip_address(&ip);
@@ -60,10 +67,18 @@ impl ObjectHooks for IpAddressHooks {
             return Err(ApiError::invalid(IPADDRESSES, &ctx.name, &errs));
         }
         let addr = ctx.name.parse::<IpAddr>().ok();
-        Ok(Prepared { token: addr.map(Change::MarkIp).and_then(token), ..Default::default() })
+        Ok(Prepared {
+            token: addr.map(Change::MarkIp).and_then(token),
+            ..Default::default()
+        })
     }
 
-    async fn prepare_update(&self, ctx: &WriteContext, old: &Value, new: &mut Value) -> Result<Prepared, ApiError> {
+    async fn prepare_update(
+        &self,
+        ctx: &WriteContext,
+        old: &Value,
+        new: &mut Value,
+    ) -> Result<Prepared, ApiError> {
         let (o, n): (IPAddress, IPAddress) = (decode(old, "IPAddress")?, decode(new, "IPAddress")?);
         let errs = cidr::validate_ip_address_update(&n, &o);
         if !errs.is_empty() {
@@ -77,7 +92,10 @@ impl ObjectHooks for IpAddressHooks {
         if ctx.dry_run {
             return Ok(Prepared::default());
         }
-        Ok(Prepared { token: addr.map(Change::UnmarkIp).and_then(token), ..Default::default() })
+        Ok(Prepared {
+            token: addr.map(Change::UnmarkIp).and_then(token),
+            ..Default::default()
+        })
     }
 
     fn finish(&self, prepared: Prepared, committed: bool) {
@@ -86,12 +104,20 @@ impl ObjectHooks for IpAddressHooks {
 }
 
 fn cidrs_of(sc: &ServiceCIDR) -> Vec<ipnet::IpNet> {
-    sc.spec.as_ref().and_then(|s| s.cidrs.as_ref()).map(|v| v.iter().filter_map(|c| c.parse().ok()).collect()).unwrap_or_default()
+    sc.spec
+        .as_ref()
+        .and_then(|s| s.cidrs.as_ref())
+        .map(|v| v.iter().filter_map(|c| c.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 #[async_trait]
 impl ObjectHooks for ServiceCidrHooks {
-    async fn prepare_create(&self, ctx: &WriteContext, obj: &mut Value) -> Result<Prepared, ApiError> {
+    async fn prepare_create(
+        &self,
+        ctx: &WriteContext,
+        obj: &mut Value,
+    ) -> Result<Prepared, ApiError> {
         self.shared.ensure_synced().await?;
         let sc: ServiceCIDR = decode(obj, "ServiceCIDR")?;
         let errs = cidr::validate_service_cidr(&sc);
@@ -99,16 +125,30 @@ impl ObjectHooks for ServiceCidrHooks {
             return Err(ApiError::invalid(SERVICECIDRS, &ctx.name, &errs));
         }
         // No controller runs here: a valid ServiceCIDR is usable at once.
-        let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let now = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
         if let Some(m) = obj.as_object_mut() {
-            m.insert("status".into(), serde_json::json!({"conditions": [ready_condition(&now)]}));
+            m.insert(
+                "status".into(),
+                serde_json::json!({"conditions": [ready_condition(&now)]}),
+            );
         }
         let change = Change::Cidrs(ctx.name.clone(), cidrs_of(&sc));
-        Ok(Prepared { token: if ctx.dry_run { None } else { token(change) }, ..Default::default() })
+        Ok(Prepared {
+            token: if ctx.dry_run { None } else { token(change) },
+            ..Default::default()
+        })
     }
 
-    async fn prepare_update(&self, ctx: &WriteContext, old: &Value, new: &mut Value) -> Result<Prepared, ApiError> {
-        let (o, n): (ServiceCIDR, ServiceCIDR) = (decode(old, "ServiceCIDR")?, decode(new, "ServiceCIDR")?);
+    async fn prepare_update(
+        &self,
+        ctx: &WriteContext,
+        old: &Value,
+        new: &mut Value,
+    ) -> Result<Prepared, ApiError> {
+        let (o, n): (ServiceCIDR, ServiceCIDR) =
+            (decode(old, "ServiceCIDR")?, decode(new, "ServiceCIDR")?);
         if ctx.subresource.as_deref() == Some("status") {
             return Ok(Prepared::default());
         }
@@ -117,7 +157,10 @@ impl ObjectHooks for ServiceCidrHooks {
             return Err(ApiError::invalid(SERVICECIDRS, &ctx.name, &errs));
         }
         let change = Change::Cidrs(ctx.name.clone(), cidrs_of(&n));
-        Ok(Prepared { token: if ctx.dry_run { None } else { token(change) }, ..Default::default() })
+        Ok(Prepared {
+            token: if ctx.dry_run { None } else { token(change) },
+            ..Default::default()
+        })
     }
 
     async fn prepare_delete(&self, ctx: &WriteContext, old: &Value) -> Result<Prepared, ApiError> {
@@ -155,7 +198,10 @@ impl ObjectHooks for ServiceCidrHooks {
             }
         }
         let change = Change::Cidrs(ctx.name.clone(), Vec::new());
-        Ok(Prepared { token: if ctx.dry_run { None } else { token(change) }, ..Default::default() })
+        Ok(Prepared {
+            token: if ctx.dry_run { None } else { token(change) },
+            ..Default::default()
+        })
     }
 
     fn finish(&self, prepared: Prepared, committed: bool) {

@@ -28,7 +28,8 @@ pub(crate) struct Reservation {
 }
 
 pub(crate) fn to_service(v: &Value) -> Result<Service, ApiError> {
-    serde_json::from_value(v.clone()).map_err(|e| ApiError::bad_request(format!("decoding Service: {e}")))
+    serde_json::from_value(v.clone())
+        .map_err(|e| ApiError::bad_request(format!("decoding Service: {e}")))
 }
 
 pub(crate) fn from_service(svc: &Service) -> Result<Value, ApiError> {
@@ -47,11 +48,18 @@ fn failure(name: &str, f: AllocFailure) -> ApiError {
 }
 
 fn svc_name(svc: &Service, ctx: &WriteContext) -> String {
-    svc.metadata.name.clone().unwrap_or_else(|| ctx.name.clone())
+    svc.metadata
+        .name
+        .clone()
+        .unwrap_or_else(|| ctx.name.clone())
 }
 
 fn svc_namespace(svc: &Service, ctx: &WriteContext) -> String {
-    svc.metadata.namespace.clone().or_else(|| ctx.namespace.clone()).unwrap_or_default()
+    svc.metadata
+        .namespace
+        .clone()
+        .or_else(|| ctx.namespace.clone())
+        .unwrap_or_default()
 }
 
 impl Shared {
@@ -61,12 +69,18 @@ impl Shared {
         for ip in &r.ips {
             let key = ip_key(ip);
             p.compares.push(Compare::ModRevision(key.clone(), 0));
-            p.ops.push(Op::Put(key, encode(&ip_address_object(ip, namespace, name))));
+            p.ops.push(Op::Put(
+                key,
+                encode(&ip_address_object(ip, namespace, name)),
+            ));
         }
         for port in &r.ports {
             let key = node_port_key(*port);
             p.compares.push(Compare::ModRevision(key.clone(), 0));
-            p.ops.push(Op::Put(key, bytes::Bytes::from(format!("{namespace}/{name}"))));
+            p.ops.push(Op::Put(
+                key,
+                bytes::Bytes::from(format!("{namespace}/{name}")),
+            ));
         }
         for ip in &r.release_ips {
             p.ops.push(Op::Delete(ip_key(ip)));
@@ -136,7 +150,11 @@ fn token(r: Reservation) -> Option<Box<dyn std::any::Any + Send + Sync>> {
 
 #[async_trait]
 impl ObjectHooks for ServiceHooks {
-    async fn prepare_create(&self, ctx: &WriteContext, obj: &mut Value) -> Result<Prepared, ApiError> {
+    async fn prepare_create(
+        &self,
+        ctx: &WriteContext,
+        obj: &mut Value,
+    ) -> Result<Prepared, ApiError> {
         self.shared.ensure_synced().await?;
         let mut svc = to_service(obj)?;
         let name = svc_name(&svc, ctx);
@@ -144,7 +162,8 @@ impl ObjectHooks for ServiceHooks {
         core_svc::set_defaults(&mut svc);
         strategy::normalize_cluster_ips(&mut svc, None);
         let families = self.shared.families();
-        strategy::init_ip_family_fields(&mut svc, None, &families).map_err(|e| invalid(&name, &e))?;
+        strategy::init_ip_family_fields(&mut svc, None, &families)
+            .map_err(|e| invalid(&name, &e))?;
 
         let mut rng = rand::rng();
         let mut st = self.shared.lock();
@@ -174,13 +193,22 @@ impl ObjectHooks for ServiceHooks {
         let (ips, ports) = wa.keep();
         drop(st);
         *obj = value;
-        let r = Reservation { ips, ports, ..Default::default() };
+        let r = Reservation {
+            ips,
+            ports,
+            ..Default::default()
+        };
         let mut p = self.shared.ops_for(&r, &namespace, &name);
         p.token = token(r);
         Ok(p)
     }
 
-    async fn prepare_update(&self, ctx: &WriteContext, old: &Value, new: &mut Value) -> Result<Prepared, ApiError> {
+    async fn prepare_update(
+        &self,
+        ctx: &WriteContext,
+        old: &Value,
+        new: &mut Value,
+    ) -> Result<Prepared, ApiError> {
         self.shared.ensure_synced().await?;
         let old_svc = to_service(old)?;
         let mut svc = to_service(new)?;
@@ -202,7 +230,8 @@ impl ObjectHooks for ServiceHooks {
         strategy::patch_allocated_values(&mut svc, &old_svc);
         strategy::normalize_cluster_ips(&mut svc, Some(&old_svc));
         let families = self.shared.families();
-        strategy::init_ip_family_fields(&mut svc, Some(&old_svc), &families).map_err(|e| invalid(&name, &e))?;
+        strategy::init_ip_family_fields(&mut svc, Some(&old_svc), &families)
+            .map_err(|e| invalid(&name, &e))?;
 
         let mut rng = rand::rng();
         let mut st = self.shared.lock();
@@ -235,7 +264,12 @@ impl ObjectHooks for ServiceHooks {
         let (ips, ports) = wa.keep();
         drop(st);
         *new = value;
-        let r = Reservation { ips, ports, release_ips: released.ips, release_ports: released.ports };
+        let r = Reservation {
+            ips,
+            ports,
+            release_ips: released.ips,
+            release_ports: released.ports,
+        };
         let mut p = self.shared.ops_for(&r, &namespace, &name);
         p.token = token(r);
         Ok(p)
@@ -252,13 +286,18 @@ impl ObjectHooks for ServiceHooks {
             release_ports: alloc::held_node_ports(&svc).into_iter().collect(),
             ..Default::default()
         };
-        let mut p = self.shared.ops_for(&r, &svc_namespace(&svc, ctx), &svc_name(&svc, ctx));
+        let mut p = self
+            .shared
+            .ops_for(&r, &svc_namespace(&svc, ctx), &svc_name(&svc, ctx));
         p.token = token(r);
         Ok(p)
     }
 
     fn finish(&self, prepared: Prepared, committed: bool) {
-        if let Some(r) = prepared.token.and_then(|t| t.downcast::<Reservation>().ok()) {
+        if let Some(r) = prepared
+            .token
+            .and_then(|t| t.downcast::<Reservation>().ok())
+        {
             self.shared.settle(*r, committed);
         }
     }

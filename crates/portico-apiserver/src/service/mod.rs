@@ -36,9 +36,21 @@ use crate::keys;
 use state::AllocState;
 
 /// The Service resource, for error messages.
-pub const SERVICES: Resource<'static> = Resource { group: "", plural: "services", kind: "Service" };
-pub const IPADDRESSES: Resource<'static> = Resource { group: "networking.k8s.io", plural: "ipaddresses", kind: "IPAddress" };
-pub const SERVICECIDRS: Resource<'static> = Resource { group: "networking.k8s.io", plural: "servicecidrs", kind: "ServiceCIDR" };
+pub const SERVICES: Resource<'static> = Resource {
+    group: "",
+    plural: "services",
+    kind: "Service",
+};
+pub const IPADDRESSES: Resource<'static> = Resource {
+    group: "networking.k8s.io",
+    plural: "ipaddresses",
+    kind: "IPAddress",
+};
+pub const SERVICECIDRS: Resource<'static> = Resource {
+    group: "networking.k8s.io",
+    plural: "servicecidrs",
+    kind: "ServiceCIDR",
+};
 
 /// Allocator configuration (kube-apiserver flags).
 #[derive(Clone, Debug)]
@@ -52,7 +64,11 @@ pub struct ServiceConfig {
 impl Default for ServiceConfig {
     fn default() -> Self {
         ServiceConfig {
-            cluster_ip_ranges: vec!["10.96.0.0/12".parse().unwrap_or_else(|_| IpNet::V4(Default::default()))],
+            cluster_ip_ranges: vec![
+                "10.96.0.0/12"
+                    .parse()
+                    .unwrap_or_else(|_| IpNet::V4(Default::default())),
+            ],
             node_port_range: 30000..=32767,
         }
     }
@@ -65,7 +81,9 @@ impl ServiceConfig {
             [] => return Err("--service-cluster-ip-range must name at least one CIDR".into()),
             [_] => {}
             [a, b] if a.addr().is_ipv4() != b.addr().is_ipv4() => {}
-            [_, _] => return Err("--service-cluster-ip-range must have one CIDR per IP family".into()),
+            [_, _] => {
+                return Err("--service-cluster-ip-range must have one CIDR per IP family".into());
+            }
             _ => return Err("--service-cluster-ip-range may hold at most two CIDRs".into()),
         }
         if self.node_port_range.start() > self.node_port_range.end() {
@@ -140,23 +158,36 @@ impl ServiceHooks {
 
     /// What the last repair found.
     pub fn last_repair(&self) -> RepairReport {
-        self.shared.report.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.shared
+            .report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Hooks for `ipaddresses` sharing this allocator.
     pub fn ip_address_hooks(&self) -> Arc<IpAddressHooks> {
-        Arc::new(IpAddressHooks { shared: self.shared.clone() })
+        Arc::new(IpAddressHooks {
+            shared: self.shared.clone(),
+        })
     }
 
     /// Hooks for `servicecidrs` sharing this allocator.
     pub fn service_cidr_hooks(&self) -> Arc<ServiceCidrHooks> {
-        Arc::new(ServiceCidrHooks { shared: self.shared.clone() })
+        Arc::new(ServiceCidrHooks {
+            shared: self.shared.clone(),
+        })
     }
 
     /// Free addresses in the ranges of `family` and free node ports (for metrics and tests).
     pub fn free_counts(&self) -> (usize, usize) {
         let st = self.shared.lock();
-        let ips = st.ranges.values().flat_map(|f| f.ranges.iter()).map(|r| r.free()).sum();
+        let ips = st
+            .ranges
+            .values()
+            .flat_map(|f| f.ranges.iter())
+            .map(|r| r.free())
+            .sum();
         (ips, st.ports.bitmap().free())
     }
 }
@@ -172,7 +203,9 @@ pub fn node_port_key(port: i32) -> String {
 }
 
 fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// The IPAddress object the allocator writes for a Service's cluster IP.

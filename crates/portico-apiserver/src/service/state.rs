@@ -38,7 +38,11 @@ impl AllocState {
             pending_ports: HashSet::new(),
         };
         for net in flag_ranges {
-            let fam = if net.addr().is_ipv4() { IpFamily::V4 } else { IpFamily::V6 };
+            let fam = if net.addr().is_ipv4() {
+                IpFamily::V4
+            } else {
+                IpFamily::V6
+            };
             if !s.families.contains(&fam) {
                 s.families.push(fam);
             }
@@ -53,7 +57,13 @@ impl AllocState {
         let cidrs: Vec<IpNet> = cidrs
             .into_iter()
             .map(|c| c.trunc())
-            .filter(|c| self.families.contains(&if c.addr().is_ipv4() { IpFamily::V4 } else { IpFamily::V6 }))
+            .filter(|c| {
+                self.families.contains(&if c.addr().is_ipv4() {
+                    IpFamily::V4
+                } else {
+                    IpFamily::V6
+                })
+            })
             .collect();
         if cidrs.is_empty() {
             self.cidr_sources.remove(name);
@@ -87,7 +97,11 @@ impl AllocState {
         }
         let mut ranges: BTreeMap<IpFamily, FamilyRanges> = BTreeMap::new();
         for c in wanted {
-            let fam = if c.addr().is_ipv4() { IpFamily::V4 } else { IpFamily::V6 };
+            let fam = if c.addr().is_ipv4() {
+                IpFamily::V4
+            } else {
+                IpFamily::V6
+            };
             ranges.entry(fam).or_default().ranges.push(IpRange::new(c));
         }
         self.ranges = ranges;
@@ -132,7 +146,9 @@ impl AllocState {
 
     /// Whether `ip` lies in a configured range.
     pub fn ip_in_range(&self, ip: &IpAddr) -> bool {
-        self.ranges.get(&IpFamily::of(ip)).is_some_and(|f| f.contains(ip))
+        self.ranges
+            .get(&IpFamily::of(ip))
+            .is_some_and(|f| f.contains(ip))
     }
 }
 
@@ -156,7 +172,9 @@ fn allocated_in(r: &IpRange) -> Vec<(IpAddr, bool)> {
 
 fn offset_ip(base: IpAddr, by: u128) -> IpAddr {
     match base {
-        IpAddr::V4(v4) => IpAddr::V4(std::net::Ipv4Addr::from(u32::from(v4).wrapping_add(by as u32))),
+        IpAddr::V4(v4) => IpAddr::V4(std::net::Ipv4Addr::from(
+            u32::from(v4).wrapping_add(by as u32),
+        )),
         IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6).wrapping_add(by))),
     }
 }
@@ -173,7 +191,12 @@ pub(crate) struct WriteAlloc<'a, R: Rng> {
 
 impl<'a, R: Rng> WriteAlloc<'a, R> {
     pub fn new(state: &'a mut AllocState, rng: &'a mut R) -> Self {
-        WriteAlloc { state, rng, ips: Vec::new(), ports: Vec::new() }
+        WriteAlloc {
+            state,
+            rng,
+            ips: Vec::new(),
+            ports: Vec::new(),
+        }
     }
 
     /// Undoes every take (failed write or dry run).

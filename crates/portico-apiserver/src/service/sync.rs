@@ -15,7 +15,9 @@ use portico_store::{Compare, EventKind, KeyValue, Op, Revision};
 use serde_json::Value;
 
 use super::state::AllocState;
-use super::{Shared, default_service_cidr_object, encode, ip_address_object, ip_key, node_port_key};
+use super::{
+    Shared, default_service_cidr_object, encode, ip_address_object, ip_key, node_port_key,
+};
 use crate::error::ApiError;
 use crate::keys;
 
@@ -45,12 +47,19 @@ fn parse_json(kv: &KeyValue) -> Option<Value> {
     serde_json::from_slice(&kv.value).ok()
 }
 
-async fn list_all(shared: &Shared, prefix: &str, rev: Option<Revision>) -> Result<(Vec<KeyValue>, Revision), ApiError> {
+async fn list_all(
+    shared: &Shared,
+    prefix: &str,
+    rev: Option<Revision>,
+) -> Result<(Vec<KeyValue>, Revision), ApiError> {
     let mut out = Vec::new();
     let mut after: Option<String> = None;
     let mut revision = rev;
     loop {
-        let res = shared.store.list(prefix, after.as_deref(), 1000, revision).await?;
+        let res = shared
+            .store
+            .list(prefix, after.as_deref(), 1000, revision)
+            .await?;
         revision = Some(res.revision);
         after = res.kvs.last().map(|kv| kv.key.clone());
         out.extend(res.kvs);
@@ -73,7 +82,12 @@ fn name_of_key<'a>(key: &'a str, prefix: &str) -> Option<&'a str> {
 }
 
 fn warn(reason: &'static str, message: String, service: Option<(String, String)>) -> RepairFinding {
-    RepairFinding { event_type: "Warning", reason, message, service }
+    RepairFinding {
+        event_type: "Warning",
+        reason,
+        message,
+        service,
+    }
 }
 
 /// Loads the whole allocation picture at one revision, repairs the store where it can, and
@@ -84,7 +98,13 @@ pub(crate) async fn sync(shared: &Arc<Shared>) -> Result<RepairReport, ApiError>
     if shared.store.get(&default_key).await?.is_none() {
         let obj = default_service_cidr_object(&shared.cfg.cluster_ip_ranges);
         // A racing API server may create it first; either way it exists afterwards.
-        shared.store.txn(vec![Compare::ModRevision(default_key.clone(), 0)], vec![Op::Put(default_key, encode(&obj))]).await?;
+        shared
+            .store
+            .txn(
+                vec![Compare::ModRevision(default_key.clone(), 0)],
+                vec![Op::Put(default_key, encode(&obj))],
+            )
+            .await?;
     }
 
     let (cidr_kvs, rev) = list_all(shared, &keys::list_prefix("servicecidrs", None), None).await?;
@@ -92,10 +112,17 @@ pub(crate) async fn sync(shared: &Arc<Shared>) -> Result<RepairReport, ApiError>
     let (port_kvs, _) = list_all(shared, keys::NODE_PORT_PREFIX, Some(rev)).await?;
     let (svc_kvs, _) = list_all(shared, &keys::list_prefix("services", None), Some(rev)).await?;
 
-    let mut st = AllocState::new(&shared.cfg.cluster_ip_ranges, shared.cfg.node_port_range.clone());
+    let mut st = AllocState::new(
+        &shared.cfg.cluster_ip_ranges,
+        shared.cfg.node_port_range.clone(),
+    );
     for kv in &cidr_kvs {
         if let Some(obj) = parse_json(kv) {
-            let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+            let name = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             if obj.pointer("/metadata/deletionTimestamp").is_none() {
                 st.set_source(&name, cidrs_of(&obj));
             }
@@ -110,8 +137,14 @@ pub(crate) async fn sync(shared: &Arc<Shared>) -> Result<RepairReport, ApiError>
     let mut want_ips: BTreeMap<IpAddr, Vec<(String, String)>> = BTreeMap::new();
     let mut want_ports: BTreeMap<i32, Vec<(String, String)>> = BTreeMap::new();
     for kv in &svc_kvs {
-        let Some(svc) = parse_json(kv).and_then(|v| serde_json::from_value::<Service>(v).ok()) else { continue };
-        let id = (svc.metadata.namespace.clone().unwrap_or_default(), svc.metadata.name.clone().unwrap_or_default());
+        let Some(svc) = parse_json(kv).and_then(|v| serde_json::from_value::<Service>(v).ok())
+        else {
+            continue;
+        };
+        let id = (
+            svc.metadata.namespace.clone().unwrap_or_default(),
+            svc.metadata.name.clone().unwrap_or_default(),
+        );
         for ip in alloc::held_ips(&svc) {
             want_ips.entry(ip).or_default().push(id.clone());
         }
@@ -122,27 +155,51 @@ pub(crate) async fn sync(shared: &Arc<Shared>) -> Result<RepairReport, ApiError>
 
     // What the store records.
     let ip_prefix = keys::list_prefix("ipaddresses", None);
-    let mut have_ips: HashMap<IpAddr, (Option<(String, String)>, bool, Revision)> = HashMap::new();
+    let mut have_ips: HashMap<IpAddr, StoredIp> = HashMap::new();
     for kv in &ip_kvs {
-        let Some(ip) = name_of_key(&kv.key, &ip_prefix).and_then(|n| n.parse::<IpAddr>().ok()) else { continue };
+        let Some(ip) = name_of_key(&kv.key, &ip_prefix).and_then(|n| n.parse::<IpAddr>().ok())
+        else {
+            continue;
+        };
         let obj = parse_json(kv).unwrap_or(Value::Null);
         let parent = obj.pointer("/spec/parentRef").and_then(|r| {
             (r.get("resource")?.as_str()? == "services").then(|| {
                 (
-                    r.get("namespace").and_then(Value::as_str).unwrap_or("").to_string(),
-                    r.get("name").and_then(Value::as_str).unwrap_or("").to_string(),
+                    r.get("namespace")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                    r.get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
                 )
             })
         });
-        let managed = obj.pointer(&format!("/metadata/labels/{}", LABEL_MANAGED_BY.replace('/', "~1"))).and_then(Value::as_str)
+        let managed = obj
+            .pointer(&format!(
+                "/metadata/labels/{}",
+                LABEL_MANAGED_BY.replace('/', "~1")
+            ))
+            .and_then(Value::as_str)
             == Some(MANAGED_BY_ALLOCATOR);
         have_ips.insert(ip, (parent, managed, kv.mod_revision));
         st.mark_ip(ip);
     }
     let mut have_ports: HashMap<i32, (String, Revision)> = HashMap::new();
     for kv in &port_kvs {
-        let Some(p) = name_of_key(&kv.key, keys::NODE_PORT_PREFIX).and_then(|n| n.parse::<i32>().ok()) else { continue };
-        have_ports.insert(p, (String::from_utf8_lossy(&kv.value).to_string(), kv.mod_revision));
+        let Some(p) =
+            name_of_key(&kv.key, keys::NODE_PORT_PREFIX).and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        have_ports.insert(
+            p,
+            (
+                String::from_utf8_lossy(&kv.value).to_string(),
+                kv.mod_revision,
+            ),
+        );
         st.mark_port(p);
     }
 
@@ -152,7 +209,9 @@ pub(crate) async fn sync(shared: &Arc<Shared>) -> Result<RepairReport, ApiError>
             for o in owners {
                 findings.push(warn(
                     "ClusterIPAlreadyAllocated",
-                    format!("Cluster IP {ip} was assigned to multiple services; please recreate service"),
+                    format!(
+                        "Cluster IP {ip} was assigned to multiple services; please recreate service"
+                    ),
                     Some(o.clone()),
                 ));
             }
@@ -168,12 +227,18 @@ pub(crate) async fn sync(shared: &Arc<Shared>) -> Result<RepairReport, ApiError>
             None => {
                 findings.push(warn(
                     "ClusterIPNotAllocated",
-                    format!("Cluster IP [{}]: {ip} is not allocated; repairing", family(ip)),
+                    format!(
+                        "Cluster IP [{}]: {ip} is not allocated; repairing",
+                        family(ip)
+                    ),
                     Some(first.clone()),
                 ));
                 let key = ip_key(ip);
                 txn_compares.push(Compare::ModRevision(key.clone(), 0));
-                txn_ops.push(Op::Put(key, encode(&ip_address_object(ip, &first.0, &first.1))));
+                txn_ops.push(Op::Put(
+                    key,
+                    encode(&ip_address_object(ip, &first.0, &first.1)),
+                ));
                 st.mark_ip(*ip);
             }
             Some((parent, _, modrev)) => {
@@ -185,7 +250,10 @@ pub(crate) async fn sync(shared: &Arc<Shared>) -> Result<RepairReport, ApiError>
                     ));
                     let key = ip_key(ip);
                     txn_compares.push(Compare::ModRevision(key.clone(), *modrev));
-                    txn_ops.push(Op::Put(key, encode(&ip_address_object(ip, &first.0, &first.1))));
+                    txn_ops.push(Op::Put(
+                        key,
+                        encode(&ip_address_object(ip, &first.0, &first.1)),
+                    ));
                 }
             }
         }
@@ -195,7 +263,9 @@ pub(crate) async fn sync(shared: &Arc<Shared>) -> Result<RepairReport, ApiError>
             let (ns, name) = parent.clone().unwrap_or_default();
             findings.push(warn(
                 "IPAddressNotAllocated",
-                format!("IPAddress: {ip} for Service {ns}/{name} appears to have leaked: cleaning up"),
+                format!(
+                    "IPAddress: {ip} for Service {ns}/{name} appears to have leaked: cleaning up"
+                ),
                 parent.clone(),
             ));
             let key = ip_key(ip);
@@ -219,23 +289,40 @@ pub(crate) async fn sync(shared: &Arc<Shared>) -> Result<RepairReport, ApiError>
         if !st.ports.contains(*p) {
             findings.push(warn(
                 "PortOutOfRange",
-                format!("Port {p} is not within the port range {port_range}; please recreate service"),
+                format!(
+                    "Port {p} is not within the port range {port_range}; please recreate service"
+                ),
                 Some(first.clone()),
             ));
             continue;
         }
         if !have_ports.contains_key(p) {
-            findings.push(warn("PortNotAllocated", format!("Port {p} is not allocated; repairing"), Some(first.clone())));
+            findings.push(warn(
+                "PortNotAllocated",
+                format!("Port {p} is not allocated; repairing"),
+                Some(first.clone()),
+            ));
             let key = node_port_key(*p);
             txn_compares.push(Compare::ModRevision(key.clone(), 0));
-            txn_ops.push(Op::Put(key, bytes::Bytes::from(format!("{}/{}", first.0, first.1))));
+            txn_ops.push(Op::Put(
+                key,
+                bytes::Bytes::from(format!("{}/{}", first.0, first.1)),
+            ));
             st.mark_port(*p);
         }
     }
     for (p, (owner, modrev)) in &have_ports {
         if !want_ports.contains_key(p) {
-            let service = owner.split_once('/').map(|(a, b)| (a.to_string(), b.to_string()));
-            findings.push(warn("PortLeaked", format!("the node port {p} for Service {owner} appears to have leaked: cleaning up"), service));
+            let service = owner
+                .split_once('/')
+                .map(|(a, b)| (a.to_string(), b.to_string()));
+            findings.push(warn(
+                "PortLeaked",
+                format!(
+                    "the node port {p} for Service {owner} appears to have leaked: cleaning up"
+                ),
+                service,
+            ));
             let key = node_port_key(*p);
             txn_compares.push(Compare::ModRevision(key.clone(), *modrev));
             txn_ops.push(Op::Delete(key));
@@ -263,12 +350,20 @@ pub(crate) async fn sync(shared: &Arc<Shared>) -> Result<RepairReport, ApiError>
         // compares fail and the next repair looks again.
         let resp = shared.store.txn(txn_compares, txn_ops).await?;
         if !resp.succeeded {
-            tracing::info!("service allocation repair raced with a write; it will run again on the next sync");
+            tracing::info!(
+                "service allocation repair raced with a write; it will run again on the next sync"
+            );
         }
     }
     *shared.lock() = st;
-    Ok(RepairReport { findings, revision: rev })
+    Ok(RepairReport {
+        findings,
+        revision: rev,
+    })
 }
+
+/// An IPAddress as stored: parent Service, managed by the allocator, mod revision.
+type StoredIp = (Option<(String, String)>, bool, Revision);
 
 fn family(ip: &IpAddr) -> &'static str {
     if ip.is_ipv4() { "IPv4" } else { "IPv6" }
@@ -286,7 +381,11 @@ pub(crate) fn apply_event(shared: &Shared, kind: EventKind, kv: &KeyValue) {
                 EventKind::Delete => st.unmark_ip(ip),
             }
         }
-    } else if let Some(p) = kv.key.strip_prefix(keys::NODE_PORT_PREFIX).and_then(|n| n.parse::<i32>().ok()) {
+    } else if let Some(p) = kv
+        .key
+        .strip_prefix(keys::NODE_PORT_PREFIX)
+        .and_then(|n| n.parse::<i32>().ok())
+    {
         match kind {
             EventKind::Put => st.mark_port(p),
             EventKind::Delete => st.unmark_port(p),
@@ -306,14 +405,24 @@ pub(crate) fn apply_event(shared: &Shared, kind: EventKind, kv: &KeyValue) {
 /// Watches the three prefixes from the synced revision; on any watch failure (compaction,
 /// store restart) reloads everything and watches again.
 pub(crate) fn spawn_watches(shared: &Arc<Shared>) {
-    let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
     let weak = Arc::downgrade(shared);
-    let start_rev = shared.report.lock().unwrap_or_else(|p| p.into_inner()).revision;
+    let start_rev = shared
+        .report
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .revision;
     handle.spawn(async move {
         let mut rev = start_rev;
         loop {
             let Some(shared) = weak.upgrade() else { return };
-            let prefixes = [keys::list_prefix("ipaddresses", None), keys::NODE_PORT_PREFIX.to_string(), keys::list_prefix("servicecidrs", None)];
+            let prefixes = [
+                keys::list_prefix("ipaddresses", None),
+                keys::NODE_PORT_PREFIX.to_string(),
+                keys::list_prefix("servicecidrs", None),
+            ];
             let mut streams = Vec::new();
             let mut ok = true;
             for p in &prefixes {

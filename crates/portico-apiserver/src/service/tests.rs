@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use portico_store::{Compare, Event, EventKind, KeyValue, ListResult, Op, Revision, Store, TxnResponse, WatchStream};
+use portico_store::{
+    Compare, Event, EventKind, KeyValue, ListResult, Op, Revision, Store, TxnResponse, WatchStream,
+};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -29,7 +31,10 @@ struct FakeStore {
 
 impl FakeStore {
     fn new() -> Arc<Self> {
-        Arc::new(FakeStore { inner: Default::default(), tx: broadcast::channel(4096).0 })
+        Arc::new(FakeStore {
+            inner: Default::default(),
+            tx: broadcast::channel(4096).0,
+        })
     }
 }
 
@@ -38,7 +43,13 @@ impl Store for FakeStore {
     async fn get(&self, key: &str) -> portico_store::Result<Option<KeyValue>> {
         Ok(self.inner.lock().expect("lock").kvs.get(key).cloned())
     }
-    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize, _rev: Option<Revision>) -> portico_store::Result<ListResult> {
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        _rev: Option<Revision>,
+    ) -> portico_store::Result<ListResult> {
         let g = self.inner.lock().expect("lock");
         let mut kvs: Vec<KeyValue> = g
             .kvs
@@ -51,18 +62,32 @@ impl Store for FakeStore {
         if limit > 0 {
             kvs.truncate(limit);
         }
-        Ok(ListResult { kvs, revision: g.rev, more })
+        Ok(ListResult {
+            kvs,
+            revision: g.rev,
+            more,
+        })
     }
-    async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> portico_store::Result<TxnResponse> {
+    async fn txn(
+        &self,
+        compares: Vec<Compare>,
+        ops: Vec<Op>,
+    ) -> portico_store::Result<TxnResponse> {
         let mut g = self.inner.lock().expect("lock");
         for Compare::ModRevision(k, r) in &compares {
             let cur = g.kvs.get(k).map(|kv| kv.mod_revision).unwrap_or(0);
             if cur != *r {
-                return Ok(TxnResponse { succeeded: false, revision: g.rev });
+                return Ok(TxnResponse {
+                    succeeded: false,
+                    revision: g.rev,
+                });
             }
         }
         if ops.is_empty() {
-            return Ok(TxnResponse { succeeded: true, revision: g.rev });
+            return Ok(TxnResponse {
+                succeeded: true,
+                revision: g.rev,
+            });
         }
         g.rev += 1;
         let rev = g.rev;
@@ -71,33 +96,62 @@ impl Store for FakeStore {
             match op {
                 Op::Put(k, v) => {
                     let prev = g.kvs.get(&k).cloned();
-                    let kv = KeyValue { key: k.clone(), value: v, create_revision: prev.as_ref().map(|p| p.create_revision).unwrap_or(rev), mod_revision: rev };
+                    let kv = KeyValue {
+                        key: k.clone(),
+                        value: v,
+                        create_revision: prev.as_ref().map(|p| p.create_revision).unwrap_or(rev),
+                        mod_revision: rev,
+                    };
                     g.kvs.insert(k, kv.clone());
-                    events.push(Event { kind: EventKind::Put, kv, prev });
+                    events.push(Event {
+                        kind: EventKind::Put,
+                        kv,
+                        prev,
+                    });
                 }
                 Op::Delete(k) => {
                     if let Some(prev) = g.kvs.remove(&k) {
-                        let kv = KeyValue { key: k, value: Bytes::new(), create_revision: 0, mod_revision: rev };
-                        events.push(Event { kind: EventKind::Delete, kv, prev: Some(prev) });
+                        let kv = KeyValue {
+                            key: k,
+                            value: Bytes::new(),
+                            create_revision: 0,
+                            mod_revision: rev,
+                        };
+                        events.push(Event {
+                            kind: EventKind::Delete,
+                            kv,
+                            prev: Some(prev),
+                        });
                     }
                 }
             }
         }
         g.history.push((rev, events.clone()));
         let _ = self.tx.send((rev, events));
-        Ok(TxnResponse { succeeded: true, revision: rev })
+        Ok(TxnResponse {
+            succeeded: true,
+            revision: rev,
+        })
     }
     async fn watch(&self, prefix: &str, after: Revision) -> portico_store::Result<WatchStream> {
         let (backlog, rx) = {
             let g = self.inner.lock().expect("lock");
-            let backlog: Vec<(Revision, Vec<Event>)> = g.history.iter().filter(|(r, _)| *r > after).cloned().collect();
+            let backlog: Vec<(Revision, Vec<Event>)> = g
+                .history
+                .iter()
+                .filter(|(r, _)| *r > after)
+                .cloned()
+                .collect();
             (backlog, self.tx.subscribe())
         };
         let last = backlog.last().map(|(r, _)| *r).unwrap_or(after);
         let prefix = prefix.to_string();
         let p2 = prefix.clone();
         let filter = move |evs: Vec<Event>| -> Option<portico_store::Result<Vec<Event>>> {
-            let evs: Vec<Event> = evs.into_iter().filter(|e| e.kv.key.starts_with(&p2)).collect();
+            let evs: Vec<Event> = evs
+                .into_iter()
+                .filter(|e| e.kv.key.starts_with(&p2))
+                .collect();
             (!evs.is_empty()).then_some(Ok(evs))
         };
         let f2 = filter.clone();
@@ -131,11 +185,19 @@ use futures::StreamExt;
 // ---- the generic layer, as far as these hooks see it ----
 
 fn cfg(v4: &str, ports: std::ops::RangeInclusive<u16>) -> ServiceConfig {
-    ServiceConfig { cluster_ip_ranges: vec![v4.parse().expect("cidr")], node_port_range: ports }
+    ServiceConfig {
+        cluster_ip_ranges: vec![v4.parse().expect("cidr")],
+        node_port_range: ports,
+    }
 }
 
 fn ctx(name: &str, dry: bool) -> WriteContext {
-    WriteContext { dry_run: dry, namespace: Some("default".into()), name: name.into(), subresource: None }
+    WriteContext {
+        dry_run: dry,
+        namespace: Some("default".into()),
+        name: name.into(),
+        subresource: None,
+    }
 }
 
 fn manifest(name: &str, spec: Value) -> Value {
@@ -146,7 +208,13 @@ fn svc_key(name: &str) -> String {
     keys::object_key("services", Some("default"), name)
 }
 
-async fn create_as(h: &dyn ObjectHooks, store: &dyn Store, name: &str, spec: Value, dry: bool) -> Result<Value, ApiError> {
+async fn create_as(
+    h: &dyn ObjectHooks,
+    store: &dyn Store,
+    name: &str,
+    spec: Value,
+    dry: bool,
+) -> Result<Value, ApiError> {
     for _ in 0..8 {
         let mut obj = manifest(name, spec.clone());
         let p = h.prepare_create(&ctx(name, dry), &mut obj).await?;
@@ -171,9 +239,17 @@ async fn create_as(h: &dyn ObjectHooks, store: &dyn Store, name: &str, spec: Val
     Err(ApiError::new(409, "Conflict", "lost too many races"))
 }
 
-async fn update_as(h: &dyn ObjectHooks, store: &dyn Store, name: &str, change: impl Fn(&mut Value)) -> Result<Value, ApiError> {
+async fn update_as(
+    h: &dyn ObjectHooks,
+    store: &dyn Store,
+    name: &str,
+    change: impl Fn(&mut Value),
+) -> Result<Value, ApiError> {
     for _ in 0..8 {
-        let kv = store.get(&svc_key(name)).await?.ok_or_else(|| ApiError::not_found(SERVICES, name))?;
+        let kv = store
+            .get(&svc_key(name))
+            .await?
+            .ok_or_else(|| ApiError::not_found(SERVICES, name))?;
         let old: Value = serde_json::from_slice(&kv.value).expect("stored json");
         let mut new = old.clone();
         change(&mut new);
@@ -192,7 +268,10 @@ async fn update_as(h: &dyn ObjectHooks, store: &dyn Store, name: &str, change: i
 }
 
 async fn delete_as(h: &dyn ObjectHooks, store: &dyn Store, name: &str) -> Result<(), ApiError> {
-    let kv = store.get(&svc_key(name)).await?.ok_or_else(|| ApiError::not_found(SERVICES, name))?;
+    let kv = store
+        .get(&svc_key(name))
+        .await?
+        .ok_or_else(|| ApiError::not_found(SERVICES, name))?;
     let old: Value = serde_json::from_slice(&kv.value).expect("stored json");
     let p = h.prepare_delete(&ctx(name, false), &old).await?;
     let mut compares = p.compares.clone();
@@ -205,12 +284,20 @@ async fn delete_as(h: &dyn ObjectHooks, store: &dyn Store, name: &str) -> Result
 }
 
 async fn keys_under(store: &dyn Store, prefix: &str) -> BTreeSet<String> {
-    store.list(prefix, None, 0, None).await.expect("list").kvs.into_iter().map(|kv| kv.key[prefix.len()..].to_string()).collect()
+    store
+        .list(prefix, None, 0, None)
+        .await
+        .expect("list")
+        .kvs
+        .into_iter()
+        .map(|kv| kv.key[prefix.len()..].to_string())
+        .collect()
 }
 
 fn embedded() -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = portico_store::embedded::EmbeddedStore::open(&dir.path().join("db")).expect("open store");
+    let store =
+        portico_store::embedded::EmbeddedStore::open(&dir.path().join("db")).expect("open store");
     (dir, store)
 }
 
@@ -229,7 +316,15 @@ async fn create_defaults_allocates_and_records_ip_address() {
     let hooks = ServiceHooks::new(store.clone(), cfg("10.96.0.0/24", 30000..=32767));
     let report = hooks.start().await.expect("start");
     assert!(report.findings.is_empty());
-    let obj = create_as(&*hooks, &*store, "web", json!({"type": "NodePort", "ports": [{"port": 80}], "selector": {"app": "web"}}), false).await.expect("create");
+    let obj = create_as(
+        &*hooks,
+        &*store,
+        "web",
+        json!({"type": "NodePort", "ports": [{"port": 80}], "selector": {"app": "web"}}),
+        false,
+    )
+    .await
+    .expect("create");
     let spec = &obj["spec"];
     let ip = spec["clusterIP"].as_str().expect("clusterIP").to_string();
     assert_eq!(spec["clusterIPs"], json!([ip.clone()]));
@@ -245,14 +340,38 @@ async fn create_defaults_allocates_and_records_ip_address() {
     assert!((30000..=32767).contains(&np));
     assert_eq!(obj["status"], json!({"loadBalancer": {}}));
 
-    let ipobj: Value = serde_json::from_slice(&store.get(&ip_key(&ip.parse().expect("ip"))).await.expect("get").expect("IPAddress stored").value).expect("json");
+    let ipobj: Value = serde_json::from_slice(
+        &store
+            .get(&ip_key(&ip.parse().expect("ip")))
+            .await
+            .expect("get")
+            .expect("IPAddress stored")
+            .value,
+    )
+    .expect("json");
     assert_eq!(ipobj["kind"], "IPAddress");
-    assert_eq!(ipobj["spec"]["parentRef"], json!({"group": "", "resource": "services", "namespace": "default", "name": "web"}));
-    assert_eq!(ipobj["metadata"]["labels"]["ipaddress.kubernetes.io/managed-by"], "ipallocator.k8s.io");
-    assert_eq!(ipobj["metadata"]["labels"]["ipaddress.kubernetes.io/ip-family"], "IPv4");
-    assert_eq!(keys_under(&*store, keys::NODE_PORT_PREFIX).await, BTreeSet::from([np.to_string()]));
+    assert_eq!(
+        ipobj["spec"]["parentRef"],
+        json!({"group": "", "resource": "services", "namespace": "default", "name": "web"})
+    );
+    assert_eq!(
+        ipobj["metadata"]["labels"]["ipaddress.kubernetes.io/managed-by"],
+        "ipallocator.k8s.io"
+    );
+    assert_eq!(
+        ipobj["metadata"]["labels"]["ipaddress.kubernetes.io/ip-family"],
+        "IPv4"
+    );
+    assert_eq!(
+        keys_under(&*store, keys::NODE_PORT_PREFIX).await,
+        BTreeSet::from([np.to_string()])
+    );
     // The default ServiceCIDR exists.
-    let sc = store.get(&keys::object_key("servicecidrs", None, "kubernetes")).await.expect("get").expect("default ServiceCIDR");
+    let sc = store
+        .get(&keys::object_key("servicecidrs", None, "kubernetes"))
+        .await
+        .expect("get")
+        .expect("default ServiceCIDR");
     let sc: Value = serde_json::from_slice(&sc.value).expect("json");
     assert_eq!(sc["spec"]["cidrs"], json!(["10.96.0.0/24"]));
 }
@@ -264,40 +383,148 @@ async fn allocation_errors_have_upstream_status() {
     hooks.start().await.expect("start");
     create_as(&*hooks, &*store, "a", json!({"clusterIP": "10.96.0.5", "type": "NodePort", "ports": [{"port": 80, "nodePort": 30001}]}), false).await.expect("create a");
 
-    let e = create_as(&*hooks, &*store, "b", json!({"clusterIP": "10.96.0.5", "ports": [{"port": 80}]}), false).await.expect_err("taken IP");
+    let e = create_as(
+        &*hooks,
+        &*store,
+        "b",
+        json!({"clusterIP": "10.96.0.5", "ports": [{"port": 80}]}),
+        false,
+    )
+    .await
+    .expect_err("taken IP");
     assert_eq!((e.code, e.reason), (422, "Invalid"));
-    assert_eq!(e.message, "Service \"b\" is invalid: spec.clusterIPs: Invalid value: []string{\"10.96.0.5\"}: failed to allocate IP 10.96.0.5: provided IP is already allocated");
+    assert_eq!(
+        e.message,
+        "Service \"b\" is invalid: spec.clusterIPs: Invalid value: []string{\"10.96.0.5\"}: failed to allocate IP 10.96.0.5: provided IP is already allocated"
+    );
 
-    let e = create_as(&*hooks, &*store, "b", json!({"clusterIP": "10.97.0.5", "ports": [{"port": 80}]}), false).await.expect_err("out of range");
-    assert_eq!(e.message, "Service \"b\" is invalid: spec.clusterIPs: Invalid value: []string{\"10.97.0.5\"}: failed to allocate IP 10.97.0.5: the provided IP (10.97.0.5) is not in the valid range. The range of valid IPs is 10.96.0.0/29");
+    let e = create_as(
+        &*hooks,
+        &*store,
+        "b",
+        json!({"clusterIP": "10.97.0.5", "ports": [{"port": 80}]}),
+        false,
+    )
+    .await
+    .expect_err("out of range");
+    assert_eq!(
+        e.message,
+        "Service \"b\" is invalid: spec.clusterIPs: Invalid value: []string{\"10.97.0.5\"}: failed to allocate IP 10.97.0.5: the provided IP (10.97.0.5) is not in the valid range. The range of valid IPs is 10.96.0.0/29"
+    );
 
-    let e = create_as(&*hooks, &*store, "b", json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30001}]}), false).await.expect_err("taken port");
-    assert_eq!(e.message, "Service \"b\" is invalid: spec.ports[0].nodePort: Invalid value: 30001: provided port is already allocated");
+    let e = create_as(
+        &*hooks,
+        &*store,
+        "b",
+        json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30001}]}),
+        false,
+    )
+    .await
+    .expect_err("taken port");
+    assert_eq!(
+        e.message,
+        "Service \"b\" is invalid: spec.ports[0].nodePort: Invalid value: 30001: provided port is already allocated"
+    );
     let causes = e.details.as_ref().expect("details")["causes"].clone();
-    assert_eq!(causes, json!([{"reason": "FieldValueInvalid", "message": "Invalid value: 30001: provided port is already allocated", "field": "spec.ports[0].nodePort"}]));
+    assert_eq!(
+        causes,
+        json!([{"reason": "FieldValueInvalid", "message": "Invalid value: 30001: provided port is already allocated", "field": "spec.ports[0].nodePort"}])
+    );
 
-    let e = create_as(&*hooks, &*store, "b", json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 40000}]}), false).await.expect_err("port out of range");
-    assert_eq!(e.message, "Service \"b\" is invalid: spec.ports[0].nodePort: Invalid value: 40000: provided port is not in the valid range. The range of valid ports is 30000-30003");
+    let e = create_as(
+        &*hooks,
+        &*store,
+        "b",
+        json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 40000}]}),
+        false,
+    )
+    .await
+    .expect_err("port out of range");
+    assert_eq!(
+        e.message,
+        "Service \"b\" is invalid: spec.ports[0].nodePort: Invalid value: 40000: provided port is not in the valid range. The range of valid ports is 30000-30003"
+    );
 
-    let e = create_as(&*hooks, &*store, "b", json!({"ports": [{"port": 0}]}), false).await.expect_err("validation");
-    assert_eq!(e.message, "Service \"b\" is invalid: [spec.ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive, spec.ports[0].targetPort: Invalid value: 0: must be between 1 and 65535, inclusive]");
+    let e = create_as(
+        &*hooks,
+        &*store,
+        "b",
+        json!({"ports": [{"port": 0}]}),
+        false,
+    )
+    .await
+    .expect_err("validation");
+    assert_eq!(
+        e.message,
+        "Service \"b\" is invalid: [spec.ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive, spec.ports[0].targetPort: Invalid value: 0: must be between 1 and 65535, inclusive]"
+    );
 
     // Failed writes took nothing: the /29 has 6 usable, 1 kept for `kubernetes`, 1 used by `a`.
     for i in 0..4 {
-        create_as(&*hooks, &*store, &format!("c{i}"), json!({"ports": [{"port": 80}]}), false).await.expect("fills the range");
+        create_as(
+            &*hooks,
+            &*store,
+            &format!("c{i}"),
+            json!({"ports": [{"port": 80}]}),
+            false,
+        )
+        .await
+        .expect("fills the range");
     }
-    let e = create_as(&*hooks, &*store, "full", json!({"ports": [{"port": 80}]}), false).await.expect_err("range full");
+    let e = create_as(
+        &*hooks,
+        &*store,
+        "full",
+        json!({"ports": [{"port": 80}]}),
+        false,
+    )
+    .await
+    .expect_err("range full");
     assert_eq!((e.code, e.reason), (500, "InternalError"));
-    assert_eq!(e.message, "Internal error occurred: failed to allocate a serviceIP: range is full");
+    assert_eq!(
+        e.message,
+        "Internal error occurred: failed to allocate a serviceIP: range is full"
+    );
 
     // Only an explicit create takes the first address.
-    create_as(&*hooks, &*store, "kubernetes", json!({"clusterIP": "10.96.0.1", "ports": [{"port": 443}]}), false).await.expect("kubernetes");
+    create_as(
+        &*hooks,
+        &*store,
+        "kubernetes",
+        json!({"clusterIP": "10.96.0.1", "ports": [{"port": 443}]}),
+        false,
+    )
+    .await
+    .expect("kubernetes");
 
     for i in 0..3 {
-        create_as(&*hooks, &*store, &format!("headless{i}"), json!({"clusterIP": "None", "type": "ClusterIP", "ports": [{"port": 80}]}), false).await.expect("headless takes nothing");
+        create_as(
+            &*hooks,
+            &*store,
+            &format!("headless{i}"),
+            json!({"clusterIP": "None", "type": "ClusterIP", "ports": [{"port": 80}]}),
+            false,
+        )
+        .await
+        .expect("headless takes nothing");
     }
-    create_as(&*hooks, &*store, "np2", json!({"clusterIP": "None", "ports": [{"port": 80}]}), false).await.expect("headless");
-    let e = create_as(&*hooks, &*store, "hc", json!({"clusterIP": "None", "type": "ClusterIP", "ports": [{"port": 80}]}), false).await;
+    create_as(
+        &*hooks,
+        &*store,
+        "np2",
+        json!({"clusterIP": "None", "ports": [{"port": 80}]}),
+        false,
+    )
+    .await
+    .expect("headless");
+    let e = create_as(
+        &*hooks,
+        &*store,
+        "hc",
+        json!({"clusterIP": "None", "type": "ClusterIP", "ports": [{"port": 80}]}),
+        false,
+    )
+    .await;
     assert!(e.is_ok());
 }
 
@@ -306,14 +533,50 @@ async fn node_port_exhaustion_and_hcnp_errors_are_500() {
     let (_d, store) = embedded();
     let hooks = ServiceHooks::new(store.clone(), cfg("10.96.0.0/24", 30000..=30001));
     hooks.start().await.expect("start");
-    create_as(&*hooks, &*store, "a", json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30000}]}), false).await.expect("a");
+    create_as(
+        &*hooks,
+        &*store,
+        "a",
+        json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30000}]}),
+        false,
+    )
+    .await
+    .expect("a");
     let e = create_as(&*hooks, &*store, "lb", json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 30000, "ports": [{"port": 80}]}), false)
         .await
         .expect_err("hcnp taken");
-    assert_eq!((e.code, e.message.as_str()), (500, "Internal error occurred: failed to allocate requested HealthCheck NodePort 30000: provided port is already allocated"));
-    create_as(&*hooks, &*store, "b", json!({"type": "NodePort", "ports": [{"port": 80}]}), false).await.expect("b");
-    let e = create_as(&*hooks, &*store, "c", json!({"type": "NodePort", "ports": [{"port": 80}]}), false).await.expect_err("full");
-    assert_eq!((e.code, e.message.as_str()), (500, "Internal error occurred: failed to allocate a nodePort: range is full"));
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (
+            500,
+            "Internal error occurred: failed to allocate requested HealthCheck NodePort 30000: provided port is already allocated"
+        )
+    );
+    create_as(
+        &*hooks,
+        &*store,
+        "b",
+        json!({"type": "NodePort", "ports": [{"port": 80}]}),
+        false,
+    )
+    .await
+    .expect("b");
+    let e = create_as(
+        &*hooks,
+        &*store,
+        "c",
+        json!({"type": "NodePort", "ports": [{"port": 80}]}),
+        false,
+    )
+    .await
+    .expect_err("full");
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (
+            500,
+            "Internal error occurred: failed to allocate a nodePort: range is full"
+        )
+    );
 }
 
 #[tokio::test]
@@ -322,13 +585,36 @@ async fn dry_run_reserves_nothing() {
     let hooks = ServiceHooks::new(store.clone(), cfg("10.96.0.0/24", 30000..=32767));
     hooks.start().await.expect("start");
     let before = hooks.free_counts();
-    let dry = create_as(&*hooks, &*store, "web", json!({"type": "NodePort", "ports": [{"port": 80}]}), true).await.expect("dry create");
-    let ip = dry["spec"]["clusterIP"].as_str().expect("would-be clusterIP").to_string();
+    let dry = create_as(
+        &*hooks,
+        &*store,
+        "web",
+        json!({"type": "NodePort", "ports": [{"port": 80}]}),
+        true,
+    )
+    .await
+    .expect("dry create");
+    let ip = dry["spec"]["clusterIP"]
+        .as_str()
+        .expect("would-be clusterIP")
+        .to_string();
     assert!(dry["spec"]["ports"][0]["nodePort"].as_i64().is_some());
     assert_eq!(hooks.free_counts(), before);
-    assert!(keys_under(&*store, &keys::list_prefix("ipaddresses", None)).await.is_empty());
+    assert!(
+        keys_under(&*store, &keys::list_prefix("ipaddresses", None))
+            .await
+            .is_empty()
+    );
     // The same address is still free for a real create.
-    create_as(&*hooks, &*store, "web", json!({"clusterIP": ip, "ports": [{"port": 80}]}), false).await.expect("real create");
+    create_as(
+        &*hooks,
+        &*store,
+        "web",
+        json!({"clusterIP": ip, "ports": [{"port": 80}]}),
+        false,
+    )
+    .await
+    .expect("real create");
 }
 
 #[tokio::test]
@@ -339,7 +625,9 @@ async fn updates_keep_release_and_allocate() {
     let created = create_as(&*hooks, &*store, "web", json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"name": "http", "port": 80}]}), false).await.expect("create");
     let ip = created["spec"]["clusterIP"].clone();
     let np = created["spec"]["ports"][0]["nodePort"].clone();
-    let hc = created["spec"]["healthCheckNodePort"].as_i64().expect("hcnp");
+    let hc = created["spec"]["healthCheckNodePort"]
+        .as_i64()
+        .expect("hcnp");
     assert_eq!(keys_under(&*store, keys::NODE_PORT_PREFIX).await.len(), 2);
 
     // kubectl replace with the original manifest keeps the allocated values.
@@ -359,10 +647,17 @@ async fn updates_keep_release_and_allocate() {
     })
     .await
     .expect_err("immutable");
-    assert_eq!(e.message, "Service \"web\" is invalid: spec.clusterIPs[0]: Invalid value: []string{\"10.96.0.77\"}: may not change once set");
+    assert_eq!(
+        e.message,
+        "Service \"web\" is invalid: spec.clusterIPs[0]: Invalid value: []string{\"10.96.0.77\"}: may not change once set"
+    );
 
     // → ClusterIP: node ports and HCNP released in the same transaction.
-    let cip = update_as(&*hooks, &*store, "web", |v| v["spec"]["type"] = json!("ClusterIP")).await.expect("to ClusterIP");
+    let cip = update_as(&*hooks, &*store, "web", |v| {
+        v["spec"]["type"] = json!("ClusterIP")
+    })
+    .await
+    .expect("to ClusterIP");
     assert!(cip["spec"]["ports"][0].get("nodePort").is_none());
     assert!(cip["spec"].get("healthCheckNodePort").is_none());
     assert!(cip["spec"].get("externalTrafficPolicy").is_none());
@@ -376,7 +671,11 @@ async fn updates_keep_release_and_allocate() {
     .await
     .expect("to ExternalName");
     assert!(en["spec"].get("clusterIP").is_none());
-    assert!(keys_under(&*store, &keys::list_prefix("ipaddresses", None)).await.is_empty());
+    assert!(
+        keys_under(&*store, &keys::list_prefix("ipaddresses", None))
+            .await
+            .is_empty()
+    );
 
     // → NodePort again: a fresh IP and node port.
     let back = update_as(&*hooks, &*store, "web", |v| {
@@ -386,11 +685,20 @@ async fn updates_keep_release_and_allocate() {
     .await
     .expect("to NodePort");
     assert!(back["spec"]["clusterIP"].as_str().is_some());
-    assert_eq!(keys_under(&*store, &keys::list_prefix("ipaddresses", None)).await.len(), 1);
+    assert_eq!(
+        keys_under(&*store, &keys::list_prefix("ipaddresses", None))
+            .await
+            .len(),
+        1
+    );
     assert_eq!(keys_under(&*store, keys::NODE_PORT_PREFIX).await.len(), 1);
 
     delete_as(&*hooks, &*store, "web").await.expect("delete");
-    assert!(keys_under(&*store, &keys::list_prefix("ipaddresses", None)).await.is_empty());
+    assert!(
+        keys_under(&*store, &keys::list_prefix("ipaddresses", None))
+            .await
+            .is_empty()
+    );
     assert!(keys_under(&*store, keys::NODE_PORT_PREFIX).await.is_empty());
 }
 
@@ -399,12 +707,26 @@ async fn status_update_validates_ingress() {
     let (_d, store) = embedded();
     let hooks = ServiceHooks::new(store.clone(), cfg("10.96.0.0/24", 30000..=32767));
     hooks.start().await.expect("start");
-    let old = create_as(&*hooks, &*store, "web", json!({"ports": [{"port": 80}]}), false).await.expect("create");
+    let old = create_as(
+        &*hooks,
+        &*store,
+        "web",
+        json!({"ports": [{"port": 80}]}),
+        false,
+    )
+    .await
+    .expect("create");
     let mut new = old.clone();
     new["status"] = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}});
-    let c = WriteContext { subresource: Some("status".into()), ..ctx("web", false) };
+    let c = WriteContext {
+        subresource: Some("status".into()),
+        ..ctx("web", false)
+    };
     let e = err_of(hooks.prepare_update(&c, &old, &mut new).await);
-    assert_eq!(e.message, "Service \"web\" is invalid: status.loadBalancer.ingress: Forbidden: may only be used when `spec.type` is 'LoadBalancer'");
+    assert_eq!(
+        e.message,
+        "Service \"web\" is invalid: status.loadBalancer.ingress: Forbidden: may only be used when `spec.type` is 'LoadBalancer'"
+    );
 }
 
 #[tokio::test]
@@ -413,29 +735,90 @@ async fn service_cidr_extends_the_pool_online() {
     let hooks = ServiceHooks::new(store.clone(), cfg("10.96.0.0/29", 30000..=32767));
     hooks.start().await.expect("start");
     for i in 0..5 {
-        create_as(&*hooks, &*store, &format!("s{i}"), json!({"ports": [{"port": 80}]}), false).await.expect("fill");
+        create_as(
+            &*hooks,
+            &*store,
+            &format!("s{i}"),
+            json!({"ports": [{"port": 80}]}),
+            false,
+        )
+        .await
+        .expect("fill");
     }
-    assert_eq!(create_as(&*hooks, &*store, "more", json!({"ports": [{"port": 80}]}), false).await.expect_err("full").code, 500);
+    assert_eq!(
+        create_as(
+            &*hooks,
+            &*store,
+            "more",
+            json!({"ports": [{"port": 80}]}),
+            false
+        )
+        .await
+        .expect_err("full")
+        .code,
+        500
+    );
 
     let cidr_hooks = hooks.service_cidr_hooks();
     let mut sc = json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR", "metadata": {"name": "extra"}, "spec": {"cidrs": ["10.100.0.0/28"]}});
-    let c = WriteContext { dry_run: false, namespace: None, name: "extra".into(), subresource: None };
-    let p = cidr_hooks.prepare_create(&c, &mut sc).await.expect("valid ServiceCIDR");
+    let c = WriteContext {
+        dry_run: false,
+        namespace: None,
+        name: "extra".into(),
+        subresource: None,
+    };
+    let p = cidr_hooks
+        .prepare_create(&c, &mut sc)
+        .await
+        .expect("valid ServiceCIDR");
     assert_eq!(sc["status"]["conditions"][0]["type"], "Ready");
     let key = keys::object_key("servicecidrs", None, "extra");
-    let resp = store.txn(vec![Compare::ModRevision(key.clone(), 0)], vec![Op::Put(key, encode(&sc))]).await.expect("txn");
+    let resp = store
+        .txn(
+            vec![Compare::ModRevision(key.clone(), 0)],
+            vec![Op::Put(key, encode(&sc))],
+        )
+        .await
+        .expect("txn");
     cidr_hooks.finish(p, resp.succeeded);
 
-    let more = create_as(&*hooks, &*store, "more", json!({"ports": [{"port": 80}]}), false).await.expect("from the new range");
-    let ip: std::net::IpAddr = more["spec"]["clusterIP"].as_str().expect("ip").parse().expect("ip");
-    assert!("10.100.0.0/28".parse::<IpNet>().expect("cidr").contains(&ip));
+    let more = create_as(
+        &*hooks,
+        &*store,
+        "more",
+        json!({"ports": [{"port": 80}]}),
+        false,
+    )
+    .await
+    .expect("from the new range");
+    let ip: std::net::IpAddr = more["spec"]["clusterIP"]
+        .as_str()
+        .expect("ip")
+        .parse()
+        .expect("ip");
+    assert!(
+        "10.100.0.0/28"
+            .parse::<IpNet>()
+            .expect("cidr")
+            .contains(&ip)
+    );
 
     // A bad ServiceCIDR is refused with upstream's shape; one in use cannot be deleted.
     let mut bad = json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR", "metadata": {"name": "bad"}, "spec": {"cidrs": ["10.0.0.0/8", "10.1.0.0/16"]}});
-    let c = WriteContext { dry_run: false, namespace: None, name: "bad".into(), subresource: None };
+    let c = WriteContext {
+        dry_run: false,
+        namespace: None,
+        name: "bad".into(),
+        subresource: None,
+    };
     let e = err_of(cidr_hooks.prepare_create(&c, &mut bad).await);
     assert_eq!(e.code, 422);
-    let c = WriteContext { dry_run: false, namespace: None, name: "extra".into(), subresource: None };
+    let c = WriteContext {
+        dry_run: false,
+        namespace: None,
+        name: "extra".into(),
+        subresource: None,
+    };
     assert_eq!(err_of(cidr_hooks.prepare_delete(&c, &sc).await).code, 409);
 }
 
@@ -445,7 +828,15 @@ async fn repair_on_start_reports_and_fixes() {
     {
         let hooks = ServiceHooks::new(store.clone(), cfg("10.96.0.0/24", 30000..=32767));
         hooks.start().await.expect("start");
-        create_as(&*hooks, &*store, "ok", json!({"type": "NodePort", "ports": [{"port": 80}]}), false).await.expect("ok");
+        create_as(
+            &*hooks,
+            &*store,
+            "ok",
+            json!({"type": "NodePort", "ports": [{"port": 80}]}),
+            false,
+        )
+        .await
+        .expect("ok");
     }
     // A leaked IPAddress and node port, and a Service whose IP and port were never recorded.
     let leaked: std::net::IpAddr = "10.96.0.200".parse().expect("ip");
@@ -461,13 +852,30 @@ async fn repair_on_start_reports_and_fixes() {
     let hooks = ServiceHooks::new(store.clone(), cfg("10.96.0.0/24", 30000..=32767));
     let report = hooks.start().await.expect("start");
     let reasons: BTreeSet<&str> = report.findings.iter().map(|f| f.reason).collect();
-    assert_eq!(reasons, BTreeSet::from(["ClusterIPNotAllocated", "IPAddressNotAllocated", "PortLeaked", "PortNotAllocated"]), "{report:?}");
+    assert_eq!(
+        reasons,
+        BTreeSet::from([
+            "ClusterIPNotAllocated",
+            "IPAddressNotAllocated",
+            "PortLeaked",
+            "PortNotAllocated"
+        ]),
+        "{report:?}"
+    );
     let ips = keys_under(&*store, &keys::list_prefix("ipaddresses", None)).await;
     assert!(ips.contains("10.96.0.201") && !ips.contains("10.96.0.200"));
     let ports = keys_under(&*store, keys::NODE_PORT_PREFIX).await;
     assert!(ports.contains("31000") && !ports.contains("31999"));
     // The repaired allocations are now respected.
-    let e = create_as(&*hooks, &*store, "x", json!({"clusterIP": "10.96.0.201", "ports": [{"port": 80}]}), false).await.expect_err("taken");
+    let e = create_as(
+        &*hooks,
+        &*store,
+        "x",
+        json!({"clusterIP": "10.96.0.201", "ports": [{"port": 80}]}),
+        false,
+    )
+    .await
+    .expect_err("taken");
     assert_eq!(e.code, 422);
     // A second start finds nothing more.
     assert!(hooks.resync().await.expect("resync").findings.is_empty());
@@ -486,17 +894,35 @@ async fn two_api_servers_never_hand_out_the_same_ip_or_port() {
         let h = if i % 2 == 0 { a.clone() } else { b.clone() };
         let s = store.clone();
         tasks.push(tokio::spawn(async move {
-            create_as(&*h, &*s, &format!("s{i}"), json!({"type": "NodePort", "ports": [{"port": 80}]}), false).await
+            create_as(
+                &*h,
+                &*s,
+                &format!("s{i}"),
+                json!({"type": "NodePort", "ports": [{"port": 80}]}),
+                false,
+            )
+            .await
         }));
     }
     let mut ips = HashSet::new();
     let mut ports = HashSet::new();
     for t in tasks {
         let obj = t.await.expect("join").expect("every create succeeds");
-        assert!(ips.insert(obj["spec"]["clusterIP"].as_str().expect("ip").to_string()), "duplicate IP");
-        assert!(ports.insert(obj["spec"]["ports"][0]["nodePort"].as_i64().expect("port")), "duplicate port");
+        assert!(
+            ips.insert(obj["spec"]["clusterIP"].as_str().expect("ip").to_string()),
+            "duplicate IP"
+        );
+        assert!(
+            ports.insert(obj["spec"]["ports"][0]["nodePort"].as_i64().expect("port")),
+            "duplicate port"
+        );
     }
-    assert_eq!(keys_under(&*store, &keys::list_prefix("ipaddresses", None)).await.len(), 24);
+    assert_eq!(
+        keys_under(&*store, &keys::list_prefix("ipaddresses", None))
+            .await
+            .len(),
+        24
+    );
     assert_eq!(keys_under(&*store, keys::NODE_PORT_PREFIX).await.len(), 24);
     assert!(a.resync().await.expect("resync").findings.is_empty());
 }
@@ -513,10 +939,16 @@ enum Step {
 fn spec_for(kind: u8) -> Value {
     match kind % 5 {
         0 => json!({"type": "ClusterIP", "ports": [{"name": "a", "port": 80}]}),
-        1 => json!({"type": "NodePort", "ports": [{"name": "a", "port": 53, "protocol": "UDP"}, {"name": "b", "port": 53, "protocol": "TCP"}]}),
-        2 => json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"name": "a", "port": 80}]}),
+        1 => {
+            json!({"type": "NodePort", "ports": [{"name": "a", "port": 53, "protocol": "UDP"}, {"name": "b", "port": 53, "protocol": "TCP"}]})
+        }
+        2 => {
+            json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"name": "a", "port": 80}]})
+        }
         3 => json!({"type": "ExternalName", "externalName": "example.com"}),
-        _ => json!({"type": "ClusterIP", "clusterIP": "None", "ports": [{"name": "a", "port": 80}]}),
+        _ => {
+            json!({"type": "ClusterIP", "clusterIP": "None", "ports": [{"name": "a", "port": 80}]})
+        }
     }
 }
 
@@ -525,11 +957,21 @@ async fn check_invariants(hooks: &ServiceHooks, store: &dyn Store) {
     for _ in 0..20 {
         tokio::task::yield_now().await;
     }
-    let svcs = store.list(&keys::list_prefix("services", Some("default")), None, 0, None).await.expect("list").kvs;
+    let svcs = store
+        .list(
+            &keys::list_prefix("services", Some("default")),
+            None,
+            0,
+            None,
+        )
+        .await
+        .expect("list")
+        .kvs;
     let mut held_ips = BTreeSet::new();
     let mut held_ports = BTreeSet::new();
     for kv in svcs {
-        let s: k8s_openapi::api::core::v1::Service = serde_json::from_slice(&kv.value).expect("service");
+        let s: k8s_openapi::api::core::v1::Service =
+            serde_json::from_slice(&kv.value).expect("service");
         for ip in portico_core::service::alloc::held_ips(&s) {
             assert!(held_ips.insert(ip.to_string()), "IP {ip} held twice");
         }
@@ -537,12 +979,33 @@ async fn check_invariants(hooks: &ServiceHooks, store: &dyn Store) {
             assert!(held_ports.insert(p.to_string()), "port {p} held twice");
         }
     }
-    assert_eq!(keys_under(store, &keys::list_prefix("ipaddresses", None)).await, held_ips, "IPAddresses match Services");
-    assert_eq!(keys_under(store, keys::NODE_PORT_PREFIX).await, held_ports, "node-port keys match Services");
+    assert_eq!(
+        keys_under(store, &keys::list_prefix("ipaddresses", None)).await,
+        held_ips,
+        "IPAddresses match Services"
+    );
+    assert_eq!(
+        keys_under(store, keys::NODE_PORT_PREFIX).await,
+        held_ports,
+        "node-port keys match Services"
+    );
     let st = hooks.shared.lock();
-    let used_ips: usize = st.ranges.values().flat_map(|f| f.ranges.iter()).map(|r| r.used()).sum();
-    assert_eq!(used_ips, held_ips.len(), "in-memory IP bitmap matches the store");
-    assert_eq!(st.ports.bitmap().count(), held_ports.len(), "in-memory port bitmap matches the store");
+    let used_ips: usize = st
+        .ranges
+        .values()
+        .flat_map(|f| f.ranges.iter())
+        .map(|r| r.used())
+        .sum();
+    assert_eq!(
+        used_ips,
+        held_ips.len(),
+        "in-memory IP bitmap matches the store"
+    );
+    assert_eq!(
+        st.ports.bitmap().count(),
+        held_ports.len(),
+        "in-memory port bitmap matches the store"
+    );
 }
 
 fn steps() -> impl proptest::strategy::Strategy<Value = Vec<Step>> {

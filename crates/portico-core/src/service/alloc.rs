@@ -38,11 +38,17 @@ impl fmt::Display for AllocError {
             AllocError::Full => write!(f, "range is full"),
             AllocError::IpAllocated => write!(f, "provided IP is already allocated"),
             AllocError::IpNotInRange { ip, valid } => {
-                write!(f, "the provided IP ({ip}) is not in the valid range. The range of valid IPs is {valid}")
+                write!(
+                    f,
+                    "the provided IP ({ip}) is not in the valid range. The range of valid IPs is {valid}"
+                )
             }
             AllocError::PortAllocated => write!(f, "provided port is already allocated"),
             AllocError::PortNotInRange { valid } => {
-                write!(f, "provided port is not in the valid range. The range of valid ports is {valid}")
+                write!(
+                    f,
+                    "provided port is not in the valid range. The range of valid ports is {valid}"
+                )
             }
         }
     }
@@ -67,7 +73,12 @@ pub fn range_offset(size: usize, min: usize, step: usize, max: usize) -> usize {
 
 impl Bitmap {
     pub fn new(size: usize, offset: usize) -> Self {
-        Bitmap { words: vec![0; size.div_ceil(64)], size, offset: offset.min(size), count: 0 }
+        Bitmap {
+            words: vec![0; size.div_ceil(64)],
+            size,
+            offset: offset.min(size),
+            count: 0,
+        }
     }
     pub fn size(&self) -> usize {
         self.size
@@ -121,7 +132,8 @@ impl Bitmap {
 
     /// First clear bit scanning `[lo, hi)` from `start`, wrapping once.
     fn scan_band(&self, lo: usize, hi: usize, start: usize) -> Option<usize> {
-        self.first_clear(start, hi).or_else(|| self.first_clear(lo, start))
+        self.first_clear(start, hi)
+            .or_else(|| self.first_clear(lo, start))
     }
 
     /// Picks a clear bit the way upstream's `randomScanStrategyWithOffset` does, without setting it.
@@ -149,7 +161,9 @@ impl Bitmap {
             return None;
         }
         let start = rng.random_range(0..self.size);
-        (0..self.size).map(|k| (start + k) % self.size).find(|&i| !self.has(i))
+        (0..self.size)
+            .map(|k| (start + k) % self.size)
+            .find(|&i| !self.has(i))
     }
 }
 
@@ -184,7 +198,11 @@ impl IpRange {
     pub fn new(cidr: IpNet) -> Self {
         let cidr = cidr.trunc();
         let host_bits = (cidr.max_prefix_len() - cidr.prefix_len()) as u32;
-        let total: u128 = if host_bits >= 128 { u128::MAX } else { 1u128 << host_bits };
+        let total: u128 = if host_bits >= 128 {
+            u128::MAX
+        } else {
+            1u128 << host_bits
+        };
         let usable = match cidr {
             IpNet::V4(_) => total.saturating_sub(2),
             IpNet::V6(_) => total.saturating_sub(1),
@@ -232,13 +250,28 @@ impl IpRange {
     /// Marks `ip` allocated (`Allocate`). The reserved first address is accepted once.
     pub fn allocate(&mut self, ip: &IpAddr) -> Result<(), AllocError> {
         let Some(idx) = self.index(ip) else {
-            return Err(AllocError::IpNotInRange { ip: ip.to_string(), valid: self.cidr.to_string() });
+            return Err(AllocError::IpNotInRange {
+                ip: ip.to_string(),
+                valid: self.cidr.to_string(),
+            });
         };
         if idx == 0 {
-            return if self.kubernetes_taken { Err(AllocError::IpAllocated) } else { self.take_first() };
+            return if self.kubernetes_taken {
+                Err(AllocError::IpAllocated)
+            } else {
+                self.take_first()
+            };
         }
-        let ok = if idx < self.bitmap.size() as u128 { self.bitmap.set(idx as usize) } else { self.beyond.insert(idx) };
-        if ok { Ok(()) } else { Err(AllocError::IpAllocated) }
+        let ok = if idx < self.bitmap.size() as u128 {
+            self.bitmap.set(idx as usize)
+        } else {
+            self.beyond.insert(idx)
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(AllocError::IpAllocated)
+        }
     }
 
     fn take_first(&mut self) -> Result<(), AllocError> {
@@ -271,7 +304,9 @@ impl IpRange {
 
     /// Allocated addresses (the reserved first one only when a Service holds it).
     pub fn used(&self) -> usize {
-        self.bitmap.count() - usize::from(self.reserved_bit) + self.beyond.len() + usize::from(self.kubernetes_taken)
+        self.bitmap.count() - usize::from(self.reserved_bit)
+            + self.beyond.len()
+            + usize::from(self.kubernetes_taken)
     }
 
     pub fn free(&self) -> usize {
@@ -294,8 +329,16 @@ pub struct PortRange {
 impl PortRange {
     pub fn new(range: std::ops::RangeInclusive<u16>) -> Self {
         let (first, last) = (*range.start(), *range.end());
-        let size = if last >= first { (last - first) as usize + 1 } else { 0 };
-        PortRange { first, last, bitmap: Bitmap::new(size, range_offset(size, 16, 32, 128)) }
+        let size = if last >= first {
+            (last - first) as usize + 1
+        } else {
+            0
+        };
+        PortRange {
+            first,
+            last,
+            bitmap: Bitmap::new(size, range_offset(size, 16, 32, 128)),
+        }
     }
     /// `30000-32767`, as upstream prints a port range.
     pub fn describe(&self) -> String {
@@ -306,9 +349,15 @@ impl PortRange {
     }
     pub fn allocate(&mut self, port: i32) -> Result<(), AllocError> {
         if !self.contains(port) {
-            return Err(AllocError::PortNotInRange { valid: self.describe() });
+            return Err(AllocError::PortNotInRange {
+                valid: self.describe(),
+            });
         }
-        if self.bitmap.set((port - self.first as i32) as usize) { Ok(()) } else { Err(AllocError::PortAllocated) }
+        if self.bitmap.set((port - self.first as i32) as usize) {
+            Ok(())
+        } else {
+            Err(AllocError::PortAllocated)
+        }
     }
     pub fn is_allocated(&self, port: i32) -> bool {
         self.contains(port) && self.bitmap.has((port - self.first as i32) as usize)
@@ -333,7 +382,11 @@ pub struct FamilyRanges {
 
 impl FamilyRanges {
     pub fn describe(&self) -> String {
-        self.ranges.iter().map(|r| r.cidr.to_string()).collect::<Vec<_>>().join(",")
+        self.ranges
+            .iter()
+            .map(|r| r.cidr.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     }
     pub fn find_mut(&mut self, ip: &IpAddr) -> Option<&mut IpRange> {
         self.ranges.iter_mut().find(|r| r.contains(ip))
@@ -348,7 +401,10 @@ impl FamilyRanges {
         let valid = self.describe();
         match self.find_mut(ip) {
             Some(r) => r.allocate(ip),
-            None => Err(AllocError::IpNotInRange { ip: ip.to_string(), valid }),
+            None => Err(AllocError::IpNotInRange {
+                ip: ip.to_string(),
+                valid,
+            }),
         }
     }
     pub fn release(&mut self, ip: &IpAddr) -> bool {
@@ -389,22 +445,40 @@ pub struct Released {
 fn alloc_ip_invalid(svc: &Service, ip: &str, e: AllocError) -> AllocFailure {
     AllocFailure::Invalid(vec![FieldError::invalid(
         "spec.clusterIPs",
-        go_string_slice("string", svc.spec.as_ref().and_then(|s| s.cluster_ips.as_deref())),
+        go_string_slice(
+            "string",
+            svc.spec.as_ref().and_then(|s| s.cluster_ips.as_deref()),
+        ),
         format!("failed to allocate IP {ip}: {e}"),
     )])
 }
 
-fn alloc_ips_for(svc: &mut Service, wanted: &[(IpFamily, String)], alloc: &mut dyn Allocator) -> Result<Vec<(IpFamily, IpAddr)>, AllocFailure> {
+fn alloc_ips_for(
+    svc: &mut Service,
+    wanted: &[(IpFamily, String)],
+    alloc: &mut dyn Allocator,
+) -> Result<Vec<(IpFamily, IpAddr)>, AllocFailure> {
     let mut out = Vec::new();
     for (fam, ip) in wanted {
         if ip.is_empty() {
             match alloc.allocate_ip(*fam, None) {
                 Ok(a) => out.push((*fam, a)),
-                Err(e) => return Err(AllocFailure::Internal(format!("failed to allocate a serviceIP: {e}"))),
+                Err(e) => {
+                    return Err(AllocFailure::Internal(format!(
+                        "failed to allocate a serviceIP: {e}"
+                    )));
+                }
             }
         } else {
             let Some(addr) = parse_ip(ip) else {
-                return Err(alloc_ip_invalid(svc, ip, AllocError::IpNotInRange { ip: ip.clone(), valid: String::new() }));
+                return Err(alloc_ip_invalid(
+                    svc,
+                    ip,
+                    AllocError::IpNotInRange {
+                        ip: ip.clone(),
+                        valid: String::new(),
+                    },
+                ));
             };
             match alloc.allocate_ip(*fam, Some(addr)) {
                 Ok(a) => out.push((*fam, a)),
@@ -417,10 +491,17 @@ fn alloc_ips_for(svc: &mut Service, wanted: &[(IpFamily, String)], alloc: &mut d
 
 /// Fills clusterIPs for every family in `ipFamilies` (`allocClusterIPs`).
 fn alloc_cluster_ips(svc: &mut Service, alloc: &mut dyn Allocator) -> Result<(), AllocFailure> {
-    if service_type(svc) == TYPE_EXTERNAL_NAME || cluster_ips(svc).first().is_some_and(|i| i == CLUSTER_IP_NONE) {
+    if service_type(svc) == TYPE_EXTERNAL_NAME
+        || cluster_ips(svc)
+            .first()
+            .is_some_and(|i| i == CLUSTER_IP_NONE)
+    {
         return Ok(());
     }
-    let fams: Vec<IpFamily> = ip_families(svc).iter().filter_map(|f| IpFamily::parse(f)).collect();
+    let fams: Vec<IpFamily> = ip_families(svc)
+        .iter()
+        .filter_map(|f| IpFamily::parse(f))
+        .collect();
     let mut ips = cluster_ips(svc).to_vec();
     while ips.len() < fams.len() {
         ips.push(String::new());
@@ -439,7 +520,11 @@ fn alloc_cluster_ips(svc: &mut Service, alloc: &mut dyn Allocator) -> Result<(),
 }
 
 fn node_port_invalid(i: usize, port: i32, e: AllocError) -> AllocFailure {
-    AllocFailure::Invalid(vec![FieldError::invalid(format!("spec.ports[{i}].nodePort"), port.to_string(), e.to_string())])
+    AllocFailure::Invalid(vec![FieldError::invalid(
+        format!("spec.ports[{i}].nodePort"),
+        port.to_string(),
+        e.to_string(),
+    )])
 }
 
 /// `initNodePorts`: the same port number shares one node port across protocols; requested
@@ -456,12 +541,18 @@ fn init_node_ports(svc: &mut Service, alloc: &mut dyn Allocator) -> Result<(), A
         }
         match by_port.get(&sp.port).copied() {
             None => {
-                let requested = snapshot.iter().skip(i).find(|p| p.port == sp.port && p.node_port.unwrap_or(0) != 0).and_then(|p| p.node_port);
+                let requested = snapshot
+                    .iter()
+                    .skip(i)
+                    .find(|p| p.port == sp.port && p.node_port.unwrap_or(0) != 0)
+                    .and_then(|p| p.node_port);
                 let got = match requested {
-                    Some(r) => alloc.allocate_port(Some(r)).map_err(|e| node_port_invalid(i, r, e))?,
-                    None => alloc
-                        .allocate_port(None)
-                        .map_err(|e| AllocFailure::Internal(format!("failed to allocate a nodePort: {e}")))?,
+                    Some(r) => alloc
+                        .allocate_port(Some(r))
+                        .map_err(|e| node_port_invalid(i, r, e))?,
+                    None => alloc.allocate_port(None).map_err(|e| {
+                        AllocFailure::Internal(format!("failed to allocate a nodePort: {e}"))
+                    })?,
                 };
                 sp.node_port = Some(got);
                 by_port.insert(sp.port, got);
@@ -470,7 +561,9 @@ fn init_node_ports(svc: &mut Service, alloc: &mut dyn Allocator) -> Result<(), A
                 if np == 0 {
                     sp.node_port = Some(shared);
                 } else {
-                    alloc.allocate_port(Some(np)).map_err(|e| node_port_invalid(i, np, e))?;
+                    alloc
+                        .allocate_port(Some(np))
+                        .map_err(|e| node_port_invalid(i, np, e))?;
                 }
             }
             Some(_) => {}
@@ -479,16 +572,21 @@ fn init_node_ports(svc: &mut Service, alloc: &mut dyn Allocator) -> Result<(), A
     Ok(())
 }
 
-fn alloc_health_check_node_port(svc: &mut Service, alloc: &mut dyn Allocator) -> Result<(), AllocFailure> {
+fn alloc_health_check_node_port(
+    svc: &mut Service,
+    alloc: &mut dyn Allocator,
+) -> Result<(), AllocFailure> {
     let hc = health_check_node_port(svc);
     if hc != 0 {
-        alloc
-            .allocate_port(Some(hc))
-            .map_err(|e| AllocFailure::Internal(format!("failed to allocate requested HealthCheck NodePort {hc}: {e}")))?;
+        alloc.allocate_port(Some(hc)).map_err(|e| {
+            AllocFailure::Internal(format!(
+                "failed to allocate requested HealthCheck NodePort {hc}: {e}"
+            ))
+        })?;
     } else {
-        let got = alloc
-            .allocate_port(None)
-            .map_err(|e| AllocFailure::Internal(format!("failed to allocate a HealthCheck NodePort 0: {e}")))?;
+        let got = alloc.allocate_port(None).map_err(|e| {
+            AllocFailure::Internal(format!("failed to allocate a HealthCheck NodePort 0: {e}"))
+        })?;
         spec_mut(svc).health_check_node_port = Some(got);
     }
     Ok(())
@@ -514,7 +612,10 @@ fn family_ips(svc: &Service) -> Vec<(IpFamily, IpAddr)> {
         .enumerate()
         .filter_map(|(i, ip)| {
             let a = parse_ip(ip)?;
-            let f = fams.get(i).and_then(|f| IpFamily::parse(f)).unwrap_or(IpFamily::of(&a));
+            let f = fams
+                .get(i)
+                .and_then(|f| IpFamily::parse(f))
+                .unwrap_or(IpFamily::of(&a));
             Some((f, a))
         })
         .collect()
@@ -523,7 +624,11 @@ fn family_ips(svc: &Service) -> Vec<(IpFamily, IpAddr)> {
 /// Every node port a Service of its type holds (ports and health-check port), deduplicated.
 pub fn held_node_ports(svc: &Service) -> BTreeSet<i32> {
     let mut s: BTreeSet<i32> = if needs_node_port(svc) {
-        ports(svc).iter().filter_map(|p| p.node_port).filter(|&n| n > 0).collect()
+        ports(svc)
+            .iter()
+            .filter_map(|p| p.node_port)
+            .filter(|&n| n > 0)
+            .collect()
     } else {
         BTreeSet::new()
     };
@@ -545,7 +650,11 @@ pub fn held_ips(svc: &Service) -> Vec<IpAddr> {
 /// Allocation for an update (`allocateUpdate` after `initIPFamilyFields`): type changes to and
 /// from ExternalName, dual-stack up/downgrades, node-port and health-check-port changes.
 /// Returns what the write frees on commit.
-pub fn allocate_update(svc: &mut Service, old: &Service, alloc: &mut dyn Allocator) -> Result<Released, AllocFailure> {
+pub fn allocate_update(
+    svc: &mut Service,
+    old: &Service,
+    alloc: &mut dyn Allocator,
+) -> Result<Released, AllocFailure> {
     let mut released = Released::default();
     let prefer_match = service_type(old) == service_type(svc)
         && ip_family_policy(old) == Some(PREFER_DUAL_STACK)
@@ -553,13 +662,17 @@ pub fn allocate_update(svc: &mut Service, old: &Service, alloc: &mut dyn Allocat
         && cluster_ips(old) == cluster_ips(svc)
         && ip_families(old) == ip_families(svc);
     if !prefer_match {
-        let old_headless = cluster_ips(old).first().is_some_and(|i| i == CLUSTER_IP_NONE);
+        let old_headless = cluster_ips(old)
+            .first()
+            .is_some_and(|i| i == CLUSTER_IP_NONE);
         if service_type(old) == TYPE_EXTERNAL_NAME && service_type(svc) != TYPE_EXTERNAL_NAME {
             alloc_cluster_ips(svc, alloc)?;
         } else if old_headless {
             // Headless Services hold no addresses.
         } else if service_type(svc) == TYPE_EXTERNAL_NAME {
-            released.ips.extend(family_ips(old).into_iter().map(|(_, a)| a));
+            released
+                .ips
+                .extend(family_ips(old).into_iter().map(|(_, a)| a));
         } else {
             let (of, nf) = (ip_families(old).len(), ip_families(svc).len());
             if of == 1 && nf == 2 {
@@ -573,16 +686,21 @@ pub fn allocate_update(svc: &mut Service, old: &Service, alloc: &mut dyn Allocat
                     ips[1] = a.to_string();
                 }
                 spec_mut(svc).cluster_ips = Some(ips);
-            } else if of == 2 && nf == 1 {
-                if let Some(ip) = cluster_ips(old).get(1).and_then(|s| parse_ip(s)) {
-                    released.ips.push(ip);
-                }
+            } else if of == 2
+                && nf == 1
+                && let Some(ip) = cluster_ips(old).get(1).and_then(|s| parse_ip(s))
+            {
+                released.ips.push(ip);
             }
         }
     }
 
     // Node ports: release everything when leaving NodePort/LoadBalancer.
-    let old_ports: BTreeSet<i32> = ports(old).iter().filter_map(|p| p.node_port).filter(|&n| n > 0).collect();
+    let old_ports: BTreeSet<i32> = ports(old)
+        .iter()
+        .filter_map(|p| p.node_port)
+        .filter(|&n| n > 0)
+        .collect();
     if needs_node_port(old) && !needs_node_port(svc) {
         released.ports.extend(old_ports.iter().copied());
     }
@@ -597,18 +715,26 @@ pub fn allocate_update(svc: &mut Service, old: &Service, alloc: &mut dyn Allocat
             }
             if np != 0 {
                 if !old_ports.contains(&np) && !taken_now.contains(&np) {
-                    alloc.allocate_port(Some(np)).map_err(|e| node_port_invalid(i, np, e))?;
+                    alloc
+                        .allocate_port(Some(np))
+                        .map_err(|e| node_port_invalid(i, np, e))?;
                     taken_now.insert(np);
                 }
             } else {
-                let got = alloc
-                    .allocate_port(None)
-                    .map_err(|e| AllocFailure::Internal(format!("failed to allocate a nodePort: {e}")))?;
+                let got = alloc.allocate_port(None).map_err(|e| {
+                    AllocFailure::Internal(format!("failed to allocate a nodePort: {e}"))
+                })?;
                 sp.node_port = Some(got);
             }
         }
-        let new_ports: BTreeSet<i32> = ports(svc).iter().filter_map(|p| p.node_port).filter(|&n| n > 0).collect();
-        released.ports.extend(old_ports.difference(&new_ports).copied());
+        let new_ports: BTreeSet<i32> = ports(svc)
+            .iter()
+            .filter_map(|p| p.node_port)
+            .filter(|&n| n > 0)
+            .collect();
+        released
+            .ports
+            .extend(old_ports.difference(&new_ports).copied());
     }
 
     // Health-check node port.

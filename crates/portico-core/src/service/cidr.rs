@@ -6,7 +6,9 @@
 use k8s_openapi::api::networking::v1::{IPAddress, ServiceCIDR};
 
 use crate::field::{FieldError, quote};
-use crate::validation::{NameKind, is_dns1123_subdomain, validate_object_meta, validate_object_meta_update};
+use crate::validation::{
+    NameKind, is_dns1123_subdomain, validate_object_meta, validate_object_meta_update,
+};
 
 /// Label naming an IPAddress's family.
 pub const LABEL_IP_FAMILY: &str = "ipaddress.kubernetes.io/ip-family";
@@ -24,14 +26,22 @@ fn go_cidrs(v: &[String]) -> String {
 /// `ValidateServiceCIDR` (create).
 pub fn validate_service_cidr(sc: &ServiceCIDR) -> Vec<FieldError> {
     let mut errs = validate_object_meta(&sc.metadata, false, NameKind::Dns1123Subdomain);
-    let cidrs = sc.spec.as_ref().and_then(|s| s.cidrs.as_deref()).unwrap_or(&[]);
+    let cidrs = sc
+        .spec
+        .as_ref()
+        .and_then(|s| s.cidrs.as_deref())
+        .unwrap_or(&[]);
     let path = "spec.cidrs";
     if cidrs.is_empty() {
         errs.push(FieldError::required(path, "at least one CIDR required"));
         return errs;
     }
     if cidrs.len() > 2 {
-        errs.push(FieldError::invalid(path, go_cidrs(cidrs), "may only hold up to 2 values"));
+        errs.push(FieldError::invalid(
+            path,
+            go_cidrs(cidrs),
+            "may only hold up to 2 values",
+        ));
         return errs;
     }
     let mut parsed = Vec::new();
@@ -47,10 +57,17 @@ pub fn validate_service_cidr(sc: &ServiceCIDR) -> Vec<FieldError> {
                     errs.push(FieldError::invalid(
                         format!("{path}[{i}]"),
                         quote(c),
-                        format!("must be a CIDR value that identifies a network, (e.g. {})", n.trunc()),
+                        format!(
+                            "must be a CIDR value that identifies a network, (e.g. {})",
+                            n.trunc()
+                        ),
                     ));
                 } else if n.to_string() != *c {
-                    errs.push(FieldError::invalid(format!("{path}[{i}]"), quote(c), format!("must be in canonical form (\"{n}\")")));
+                    errs.push(FieldError::invalid(
+                        format!("{path}[{i}]"),
+                        quote(c),
+                        format!("must be in canonical form (\"{n}\")"),
+                    ));
                 }
                 parsed.push(n);
             }
@@ -65,16 +82,32 @@ pub fn validate_service_cidr(sc: &ServiceCIDR) -> Vec<FieldError> {
 /// `ValidateServiceCIDRUpdate`: `spec.cidrs` may only grow from one to two (a new family).
 pub fn validate_service_cidr_update(new: &ServiceCIDR, old: &ServiceCIDR) -> Vec<FieldError> {
     let mut errs = validate_object_meta_update(&new.metadata, &old.metadata);
-    let n = new.spec.as_ref().and_then(|s| s.cidrs.clone()).unwrap_or_default();
-    let o = old.spec.as_ref().and_then(|s| s.cidrs.clone()).unwrap_or_default();
+    let n = new
+        .spec
+        .as_ref()
+        .and_then(|s| s.cidrs.clone())
+        .unwrap_or_default();
+    let o = old
+        .spec
+        .as_ref()
+        .and_then(|s| s.cidrs.clone())
+        .unwrap_or_default();
     let grown_to_dual = o.len() == 1 && n.len() == 2 && n[0] == o[0];
     if n != o && !grown_to_dual {
-        errs.push(FieldError::invalid("spec.cidrs", go_cidrs(&n), "field is immutable"));
+        errs.push(FieldError::invalid(
+            "spec.cidrs",
+            go_cidrs(&n),
+            "field is immutable",
+        ));
     }
     if n != o {
         let mut probe = new.clone();
         probe.metadata = old.metadata.clone();
-        errs.extend(validate_service_cidr(&probe).into_iter().filter(|e| e.field.starts_with("spec")));
+        errs.extend(
+            validate_service_cidr(&probe)
+                .into_iter()
+                .filter(|e| e.field.starts_with("spec")),
+        );
     }
     errs
 }
@@ -84,25 +117,47 @@ pub fn validate_ip_address(ip: &IPAddress) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let name = ip.metadata.name.as_deref().unwrap_or("");
     if name.is_empty() {
-        errs.push(FieldError::required("metadata.name", "name or generateName is required"));
+        errs.push(FieldError::required(
+            "metadata.name",
+            "name or generateName is required",
+        ));
     } else {
         match name.parse::<std::net::IpAddr>() {
-            Err(_) => errs.push(FieldError::invalid("metadata.name", quote(name), "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)")),
+            Err(_) => errs.push(FieldError::invalid(
+                "metadata.name",
+                quote(name),
+                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+            )),
             Ok(a) => {
                 if a.to_string() != name {
-                    errs.push(FieldError::invalid("metadata.name", quote(name), format!("must be in canonical form (\"{a}\")")));
+                    errs.push(FieldError::invalid(
+                        "metadata.name",
+                        quote(name),
+                        format!("must be in canonical form (\"{a}\")"),
+                    ));
                 }
             }
         }
     }
-    if ip.metadata.namespace.as_deref().is_some_and(|n| !n.is_empty()) {
-        errs.push(FieldError::forbidden("metadata.namespace", "not allowed on this type"));
+    if ip
+        .metadata
+        .namespace
+        .as_deref()
+        .is_some_and(|n| !n.is_empty())
+    {
+        errs.push(FieldError::forbidden(
+            "metadata.namespace",
+            "not allowed on this type",
+        ));
     }
     if let Some(l) = &ip.metadata.labels {
         errs.extend(crate::validation::validate_labels(l, "metadata.labels"));
     }
     if let Some(a) = &ip.metadata.annotations {
-        errs.extend(crate::validation::validate_annotations(a, "metadata.annotations"));
+        errs.extend(crate::validation::validate_annotations(
+            a,
+            "metadata.annotations",
+        ));
     }
     let Some(spec) = &ip.spec else {
         errs.push(FieldError::required("spec.parentRef", ""));
@@ -119,19 +174,31 @@ pub fn validate_ip_address(ip: &IPAddress) -> Vec<FieldError> {
         errs.push(FieldError::required(format!("{base}.resource"), ""));
     } else {
         for m in crate::validation::is_valid_path_segment_name(&r.resource) {
-            errs.push(FieldError::invalid(format!("{base}.resource"), quote(&r.resource), m));
+            errs.push(FieldError::invalid(
+                format!("{base}.resource"),
+                quote(&r.resource),
+                m,
+            ));
         }
     }
     if r.name.is_empty() {
         errs.push(FieldError::required(format!("{base}.name"), ""));
     } else {
         for m in crate::validation::is_valid_path_segment_name(&r.name) {
-            errs.push(FieldError::invalid(format!("{base}.name"), quote(&r.name), m));
+            errs.push(FieldError::invalid(
+                format!("{base}.name"),
+                quote(&r.name),
+                m,
+            ));
         }
     }
     if let Some(ns) = r.namespace.as_deref().filter(|n| !n.is_empty()) {
         for m in crate::validation::is_valid_path_segment_name(ns) {
-            errs.push(FieldError::invalid(format!("{base}.namespace"), quote(ns), m));
+            errs.push(FieldError::invalid(
+                format!("{base}.namespace"),
+                quote(ns),
+                m,
+            ));
         }
     }
     errs
@@ -140,9 +207,16 @@ pub fn validate_ip_address(ip: &IPAddress) -> Vec<FieldError> {
 /// `ValidateIPAddressUpdate`: `spec.parentRef` is immutable.
 pub fn validate_ip_address_update(new: &IPAddress, old: &IPAddress) -> Vec<FieldError> {
     let mut errs = validate_object_meta_update(&new.metadata, &old.metadata);
-    let (n, o) = (new.spec.as_ref().map(|s| &s.parent_ref), old.spec.as_ref().map(|s| &s.parent_ref));
+    let (n, o) = (
+        new.spec.as_ref().map(|s| &s.parent_ref),
+        old.spec.as_ref().map(|s| &s.parent_ref),
+    );
     if n != o {
-        errs.push(FieldError::invalid("spec.parentRef", "{...}".to_string(), "field is immutable"));
+        errs.push(FieldError::invalid(
+            "spec.parentRef",
+            "{...}".to_string(),
+            "field is immutable",
+        ));
     }
     errs
 }

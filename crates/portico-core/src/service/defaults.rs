@@ -27,7 +27,9 @@ pub fn set_defaults(svc: &mut Service) {
                 .is_some();
             if !has_timeout {
                 spec.session_affinity_config = Some(SessionAffinityConfig {
-                    client_ip: Some(ClientIPConfig { timeout_seconds: Some(DEFAULT_CLIENT_IP_TIMEOUT_SECONDS) }),
+                    client_ip: Some(ClientIPConfig {
+                        timeout_seconds: Some(DEFAULT_CLIENT_IP_TIMEOUT_SECONDS),
+                    }),
                 });
             }
         }
@@ -51,7 +53,9 @@ pub fn set_defaults(svc: &mut Service) {
         }
     }
     let t = spec.type_.clone().unwrap_or_default();
-    if spec.internal_traffic_policy.is_none() && (t == TYPE_NODE_PORT || t == TYPE_LOAD_BALANCER || t == TYPE_CLUSTER_IP) {
+    if spec.internal_traffic_policy.is_none()
+        && (t == TYPE_NODE_PORT || t == TYPE_LOAD_BALANCER || t == TYPE_CLUSTER_IP)
+    {
         spec.internal_traffic_policy = Some("Cluster".to_string());
     }
     if t == TYPE_LOAD_BALANCER && spec.allocate_load_balancer_node_ports.is_none() {
@@ -59,7 +63,12 @@ pub fn set_defaults(svc: &mut Service) {
     }
     if externally_accessible(svc) {
         let spec = spec_mut(svc);
-        if spec.external_traffic_policy.as_deref().unwrap_or("").is_empty() {
+        if spec
+            .external_traffic_policy
+            .as_deref()
+            .unwrap_or("")
+            .is_empty()
+        {
             spec.external_traffic_policy = Some("Cluster".to_string());
         }
     }

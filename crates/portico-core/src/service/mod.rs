@@ -54,7 +54,11 @@ impl IpFamily {
         }
     }
     pub fn of(ip: &std::net::IpAddr) -> Self {
-        if ip.is_ipv4() { IpFamily::V4 } else { IpFamily::V6 }
+        if ip.is_ipv4() {
+            IpFamily::V4
+        } else {
+            IpFamily::V6
+        }
     }
     pub fn other(self) -> Self {
         match self {
@@ -70,39 +74,65 @@ pub fn spec_mut(svc: &mut Service) -> &mut ServiceSpec {
 }
 
 pub fn service_type(svc: &Service) -> &str {
-    svc.spec.as_ref().and_then(|s| s.type_.as_deref()).unwrap_or("")
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.type_.as_deref())
+        .unwrap_or("")
 }
 
 pub fn cluster_ips(svc: &Service) -> &[String] {
-    svc.spec.as_ref().and_then(|s| s.cluster_ips.as_deref()).unwrap_or(&[])
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.cluster_ips.as_deref())
+        .unwrap_or(&[])
 }
 
 pub fn cluster_ip(svc: &Service) -> &str {
-    svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()).unwrap_or("")
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.as_deref())
+        .unwrap_or("")
 }
 
 pub fn ip_families(svc: &Service) -> &[String] {
-    svc.spec.as_ref().and_then(|s| s.ip_families.as_deref()).unwrap_or(&[])
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.ip_families.as_deref())
+        .unwrap_or(&[])
 }
 
 pub fn ip_family_policy(svc: &Service) -> Option<&str> {
-    svc.spec.as_ref().and_then(|s| s.ip_family_policy.as_deref())
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.ip_family_policy.as_deref())
 }
 
 pub fn ports(svc: &Service) -> &[ServicePort] {
-    svc.spec.as_ref().and_then(|s| s.ports.as_deref()).unwrap_or(&[])
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.ports.as_deref())
+        .unwrap_or(&[])
 }
 
 pub fn external_traffic_policy(svc: &Service) -> &str {
-    svc.spec.as_ref().and_then(|s| s.external_traffic_policy.as_deref()).unwrap_or("")
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.external_traffic_policy.as_deref())
+        .unwrap_or("")
 }
 
 pub fn health_check_node_port(svc: &Service) -> i32 {
-    svc.spec.as_ref().and_then(|s| s.health_check_node_port).unwrap_or(0)
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.health_check_node_port)
+        .unwrap_or(0)
 }
 
 pub fn selector_is_empty(svc: &Service) -> bool {
-    svc.spec.as_ref().and_then(|s| s.selector.as_ref()).is_none_or(|s| s.is_empty())
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .is_none_or(|s| s.is_empty())
 }
 
 /// `clusterIPs == ["None"]`.
@@ -116,7 +146,12 @@ pub fn externally_accessible(svc: &Service) -> bool {
     let t = service_type(svc);
     t == TYPE_LOAD_BALANCER
         || t == TYPE_NODE_PORT
-        || (t == TYPE_CLUSTER_IP && svc.spec.as_ref().and_then(|s| s.external_ips.as_ref()).is_some_and(|e| !e.is_empty()))
+        || (t == TYPE_CLUSTER_IP
+            && svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.external_ips.as_ref())
+                .is_some_and(|e| !e.is_empty()))
 }
 
 /// LoadBalancer with `externalTrafficPolicy: Local` (`NeedsHealthCheck`).
@@ -137,7 +172,11 @@ pub fn needs_node_port(svc: &Service) -> bool {
 pub fn should_allocate_node_ports(svc: &Service) -> bool {
     match service_type(svc) {
         TYPE_NODE_PORT => true,
-        TYPE_LOAD_BALANCER => svc.spec.as_ref().and_then(|s| s.allocate_load_balancer_node_ports).unwrap_or(true),
+        TYPE_LOAD_BALANCER => svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.allocate_load_balancer_node_ports)
+            .unwrap_or(true),
         _ => false,
     }
 }
@@ -148,7 +187,10 @@ pub fn go_string_slice(type_name: &str, v: Option<&[String]>) -> String {
         None => format!("[]{type_name}(nil)"),
         Some(v) => format!(
             "[]{type_name}{{{}}}",
-            v.iter().map(|s| crate::field::quote(s)).collect::<Vec<_>>().join(", ")
+            v.iter()
+                .map(|s| crate::field::quote(s))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }

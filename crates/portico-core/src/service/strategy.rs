@@ -21,7 +21,11 @@ fn same_ip_families(a: &Service, b: &Service) -> bool {
 }
 
 fn node_port_set(svc: &Service) -> BTreeSet<i32> {
-    ports(svc).iter().filter_map(|p| p.node_port).filter(|&n| n != 0).collect()
+    ports(svc)
+        .iter()
+        .filter_map(|p| p.node_port)
+        .filter(|&n| n != 0)
+        .collect()
 }
 
 /// Fills clusterIP(s), nodePorts and healthCheckNodePort a PUT left out, from the stored
@@ -39,14 +43,20 @@ pub fn patch_allocated_values(new: &mut Service, old: &Service) {
         }
     }
     if needs_node_port(old) && needs_node_port(new) {
-        let used: BTreeSet<i32> = node_port_set(old).intersection(&node_port_set(new)).copied().collect();
+        let used: BTreeSet<i32> = node_port_set(old)
+            .intersection(&node_port_set(new))
+            .copied()
+            .collect();
         let by_name: std::collections::HashMap<String, i32> = ports(old)
             .iter()
             .map(|p| (p.name.clone().unwrap_or_default(), p.node_port.unwrap_or(0)))
             .collect();
         for p in spec_mut(new).ports.iter_mut().flatten() {
             if p.node_port.unwrap_or(0) == 0 {
-                let old_val = by_name.get(p.name.as_deref().unwrap_or("")).copied().unwrap_or(0);
+                let old_val = by_name
+                    .get(p.name.as_deref().unwrap_or(""))
+                    .copied()
+                    .unwrap_or(0);
                 if old_val != 0 && !used.contains(&old_val) {
                     p.node_port = Some(old_val);
                 }
@@ -70,7 +80,10 @@ pub fn normalize_cluster_ips(new: &mut Service, old: Option<&Service>) {
         }
         return;
     };
-    if !cluster_ips(old).is_empty() && cluster_ips(new).is_empty() && cluster_ip(old) == cluster_ip(new) {
+    if !cluster_ips(old).is_empty()
+        && cluster_ips(new).is_empty()
+        && cluster_ip(old) == cluster_ip(new)
+    {
         spec_mut(new).cluster_ips = Some(cluster_ips(old).to_vec());
     }
     if cluster_ip(old) != cluster_ip(new) {
@@ -99,7 +112,11 @@ fn reduced(old: &[String], new: &[String]) -> bool {
 
 /// Defaults and checks ipFamilies / ipFamilyPolicy against the cluster's configured families
 /// (`cluster_families[0]` is the primary). Errors are answered as 422 Invalid.
-pub fn init_ip_family_fields(svc: &mut Service, old: Option<&Service>, cluster_families: &[IpFamily]) -> Result<(), Vec<FieldError>> {
+pub fn init_ip_family_fields(
+    svc: &mut Service,
+    old: Option<&Service>,
+    cluster_families: &[IpFamily],
+) -> Result<(), Vec<FieldError>> {
     if service_type(svc) == TYPE_EXTERNAL_NAME {
         return Ok(());
     }
@@ -128,11 +145,17 @@ pub fn init_ip_family_fields(svc: &mut Service, old: Option<&Service>, cluster_f
             let same_ips = same_cluster_ips(old, svc);
             let same_fams = same_ip_families(old, svc);
             let spec = spec_mut(svc);
-            if same_ips && spec.cluster_ips.as_ref().is_some_and(|v| v.len() > 1) {
-                spec.cluster_ips.as_mut().map(|v| v.truncate(1));
+            if same_ips
+                && let Some(v) = spec.cluster_ips.as_mut()
+                && v.len() > 1
+            {
+                v.truncate(1);
             }
-            if same_fams && spec.ip_families.as_ref().is_some_and(|v| v.len() > 1) {
-                spec.ip_families.as_mut().map(|v| v.truncate(1));
+            if same_fams
+                && let Some(v) = spec.ip_families.as_mut()
+                && v.len() > 1
+            {
+                v.truncate(1);
             }
         } else {
             if reduced(cluster_ips(old), cluster_ips(svc)) {
@@ -168,7 +191,10 @@ pub fn init_ip_family_fields(svc: &mut Service, old: Option<&Service>, cluster_f
         }
     }
     let ips = cluster_ips(svc).to_vec();
-    let ips_val = go_string_slice("string", svc.spec.as_ref().and_then(|s| s.cluster_ips.as_deref()));
+    let ips_val = go_string_slice(
+        "string",
+        svc.spec.as_ref().and_then(|s| s.cluster_ips.as_deref()),
+    );
     for (i, ip) in ips.iter().enumerate() {
         if ip == CLUSTER_IP_NONE {
             break;
@@ -183,7 +209,10 @@ pub fn init_ip_family_fields(svc: &mut Service, old: Option<&Service>, cluster_f
                     format!("{} is not configured on this cluster", fam.as_str()),
                 ));
             } else {
-                spec_mut(svc).ip_families.get_or_insert_with(Vec::new).push(fam.as_str().to_string());
+                spec_mut(svc)
+                    .ip_families
+                    .get_or_insert_with(Vec::new)
+                    .push(fam.as_str().to_string());
             }
         }
     }
@@ -203,11 +232,19 @@ pub fn init_ip_family_fields(svc: &mut Service, old: Option<&Service>, cluster_f
         return Ok(());
     }
     if ip_family_policy(svc) == Some(REQUIRE_DUAL_STACK) && cluster_families.len() < 2 {
-        errs.push(FieldError::invalid("spec.ipFamilyPolicy", go_opt_str(ip_family_policy(svc)), "this cluster is not configured for dual-stack services"));
+        errs.push(FieldError::invalid(
+            "spec.ipFamilyPolicy",
+            go_opt_str(ip_family_policy(svc)),
+            "this cluster is not configured for dual-stack services",
+        ));
     }
     for (i, f) in ip_families(svc).iter().enumerate() {
         if !configured(f) {
-            errs.push(FieldError::invalid(format!("spec.ipFamilies[{i}]"), crate::field::quote(f), "not configured on this cluster"));
+            errs.push(FieldError::invalid(
+                format!("spec.ipFamilies[{i}]"),
+                crate::field::quote(f),
+                "not configured on this cluster",
+            ));
         }
     }
     if !errs.is_empty() {
@@ -229,7 +266,10 @@ pub fn init_ip_family_fields(svc: &mut Service, old: Option<&Service>, cluster_f
 
 /// `PrepareForCreate`: status is not the client's to set.
 pub fn prepare_for_create(svc: &mut Service) {
-    svc.status = Some(ServiceStatus { load_balancer: Some(LoadBalancerStatus::default()), conditions: None });
+    svc.status = Some(ServiceStatus {
+        load_balancer: Some(LoadBalancerStatus::default()),
+        conditions: None,
+    });
 }
 
 /// `PrepareForUpdate`: status stays as stored; fields the new type made meaningless go.
@@ -257,19 +297,31 @@ pub fn drop_type_dependent_fields(new: &mut Service, old: &Service) {
             spec.ip_family_policy = None;
         }
     }
-    if needs_node_port(old) && !needs_node_port(new) && node_port_set(old).is_superset(&node_port_set(new)) {
+    if needs_node_port(old)
+        && !needs_node_port(new)
+        && node_port_set(old).is_superset(&node_port_set(new))
+    {
         for p in spec_mut(new).ports.iter_mut().flatten() {
             p.node_port = None;
         }
     }
-    if needs_health_check(old) && !needs_health_check(new) && health_check_node_port(old) == health_check_node_port(new) {
+    if needs_health_check(old)
+        && !needs_health_check(new)
+        && health_check_node_port(old) == health_check_node_port(new)
+    {
         spec_mut(new).health_check_node_port = None;
     }
     let was_lb = service_type(old) == TYPE_LOAD_BALANCER;
     let is_lb = service_type(new) == TYPE_LOAD_BALANCER;
     if was_lb && !is_lb {
-        let old_alloc = old.spec.as_ref().and_then(|s| s.allocate_load_balancer_node_ports);
-        let old_class = old.spec.as_ref().and_then(|s| s.load_balancer_class.clone());
+        let old_alloc = old
+            .spec
+            .as_ref()
+            .and_then(|s| s.allocate_load_balancer_node_ports);
+        let old_class = old
+            .spec
+            .as_ref()
+            .and_then(|s| s.load_balancer_class.clone());
         let spec = spec_mut(new);
         if old_alloc.is_some() && spec.allocate_load_balancer_node_ports == old_alloc {
             spec.allocate_load_balancer_node_ports = None;
@@ -278,7 +330,10 @@ pub fn drop_type_dependent_fields(new: &mut Service, old: &Service) {
             spec.load_balancer_class = None;
         }
     }
-    if externally_accessible(old) && !externally_accessible(new) && external_traffic_policy(old) == external_traffic_policy(new) {
+    if externally_accessible(old)
+        && !externally_accessible(new)
+        && external_traffic_policy(old) == external_traffic_policy(new)
+    {
         spec_mut(new).external_traffic_policy = None;
     }
     if was_lb && !is_lb {

@@ -11,13 +11,18 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::*;
 use crate::field::{ErrorType, FieldError, quote};
 use crate::validation::{
-    NameKind, is_dns1123_subdomain, is_valid_port_name, is_valid_port_num, not_supported, parse_ip, validate_cidr,
-    validate_dns1123_label, validate_ip, validate_labels, validate_non_special_ip, validate_object_meta,
-    validate_object_meta_update, validate_qualified_name,
+    NameKind, is_dns1123_subdomain, is_valid_port_name, is_valid_port_num, not_supported, parse_ip,
+    validate_cidr, validate_dns1123_label, validate_ip, validate_labels, validate_non_special_ip,
+    validate_object_meta, validate_object_meta_update, validate_qualified_name,
 };
 
 const SESSION_AFFINITIES: &[&str] = &["ClientIP", "None"];
-const SERVICE_TYPES: &[&str] = &[TYPE_CLUSTER_IP, TYPE_EXTERNAL_NAME, TYPE_LOAD_BALANCER, TYPE_NODE_PORT];
+const SERVICE_TYPES: &[&str] = &[
+    TYPE_CLUSTER_IP,
+    TYPE_EXTERNAL_NAME,
+    TYPE_LOAD_BALANCER,
+    TYPE_NODE_PORT,
+];
 const PROTOCOLS: &[&str] = &["SCTP", "TCP", "UDP"];
 const FAMILIES: &[&str] = &[IPV4, IPV6];
 const FAMILY_POLICIES: &[&str] = &[PREFER_DUAL_STACK, REQUIRE_DUAL_STACK, SINGLE_STACK];
@@ -28,7 +33,8 @@ pub const TRAFFIC_DISTRIBUTIONS: &[&str] = &["PreferClose", "PreferSameNode", "P
 pub const MAX_CLIENT_IP_AFFINITY_SECONDS: i32 = 86400;
 pub const ANNOTATION_TOPOLOGY_MODE: &str = "service.kubernetes.io/topology-mode";
 pub const ANNOTATION_TOPOLOGY_AWARE_HINTS: &str = "service.kubernetes.io/topology-aware-hints";
-pub const ANNOTATION_LB_SOURCE_RANGES: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+pub const ANNOTATION_LB_SOURCE_RANGES: &str =
+    "service.beta.kubernetes.io/load-balancer-source-ranges";
 /// The kubelet's port, never exposed by a LoadBalancer.
 pub const KUBELET_PORT: i32 = 10250;
 
@@ -46,13 +52,18 @@ pub fn validate_service_spec(svc: &Service) -> Vec<FieldError> {
     let spec = svc.spec.as_ref().unwrap_or(&empty);
     let annotations = svc.metadata.annotations.as_ref();
     if let Some(a) = annotations
-        && let (Some(mode), Some(hints)) = (a.get(ANNOTATION_TOPOLOGY_MODE), a.get(ANNOTATION_TOPOLOGY_AWARE_HINTS))
+        && let (Some(mode), Some(hints)) = (
+            a.get(ANNOTATION_TOPOLOGY_MODE),
+            a.get(ANNOTATION_TOPOLOGY_AWARE_HINTS),
+        )
         && mode != hints
     {
         errs.push(FieldError::invalid(
             format!("metadata.annotations[{ANNOTATION_TOPOLOGY_MODE}]"),
             quote(mode),
-            format!("must match annotations[{ANNOTATION_TOPOLOGY_AWARE_HINTS}] when both are specified"),
+            format!(
+                "must match annotations[{ANNOTATION_TOPOLOGY_AWARE_HINTS}] when both are specified"
+            ),
         ));
     }
     let headless = is_headless(svc);
@@ -62,24 +73,31 @@ pub fn validate_service_spec(svc: &Service) -> Vec<FieldError> {
         errs.push(FieldError::required("spec.ports", ""));
     }
     match stype {
-        TYPE_LOAD_BALANCER | TYPE_NODE_PORT => {
-            if headless {
-                errs.push(FieldError::invalid(
-                    "spec.clusterIPs[0]",
-                    quote(CLUSTER_IP_NONE),
-                    format!("may not be set to 'None' for {stype} services"),
-                ));
-            }
+        TYPE_LOAD_BALANCER | TYPE_NODE_PORT if headless => {
+            errs.push(FieldError::invalid(
+                "spec.clusterIPs[0]",
+                quote(CLUSTER_IP_NONE),
+                format!("may not be set to 'None' for {stype} services"),
+            ));
         }
         TYPE_EXTERNAL_NAME => {
             if !cluster_ips(svc).is_empty() {
-                errs.push(FieldError::forbidden("spec.clusterIPs", "may not be set for ExternalName services"));
+                errs.push(FieldError::forbidden(
+                    "spec.clusterIPs",
+                    "may not be set for ExternalName services",
+                ));
             }
             if !ip_families(svc).is_empty() {
-                errs.push(FieldError::forbidden("spec.ipFamilies", "may not be set for ExternalName services"));
+                errs.push(FieldError::forbidden(
+                    "spec.ipFamilies",
+                    "may not be set for ExternalName services",
+                ));
             }
             if spec.ip_family_policy.is_some() {
-                errs.push(FieldError::forbidden("spec.ipFamilyPolicy", "may not be set for ExternalName services"));
+                errs.push(FieldError::forbidden(
+                    "spec.ipFamilyPolicy",
+                    "may not be set for ExternalName services",
+                ));
             }
             let name = spec.external_name.as_deref().unwrap_or("");
             let cname = name.strip_suffix('.').unwrap_or(name);
@@ -99,14 +117,21 @@ pub fn validate_service_spec(svc: &Service) -> Vec<FieldError> {
                 errs.push(FieldError::invalid(
                     format!("spec.ports[{i}]"),
                     p.port.to_string(),
-                    format!("may not expose port {KUBELET_PORT} externally since it is used by kubelet"),
+                    format!(
+                        "may not expose port {KUBELET_PORT} externally since it is used by kubelet"
+                    ),
                 ));
             }
         }
     }
     let mut names = BTreeSet::new();
     for (i, p) in ports.iter().enumerate() {
-        errs.extend(validate_service_port(p, ports.len() > 1, &mut names, &format!("spec.ports[{i}]")));
+        errs.extend(validate_service_port(
+            p,
+            ports.len() > 1,
+            &mut names,
+            &format!("spec.ports[{i}]"),
+        ));
     }
     if let Some(sel) = &spec.selector {
         errs.extend(validate_labels(sel, "spec.selector"));
@@ -116,10 +141,17 @@ pub fn validate_service_spec(svc: &Service) -> Vec<FieldError> {
         "ClientIP" => errs.extend(validate_client_ip_affinity(spec)),
         "None" => {
             if spec.session_affinity_config.is_some() {
-                errs.push(FieldError::forbidden("spec.sessionAffinityConfig", "must not be set when session affinity is None"));
+                errs.push(FieldError::forbidden(
+                    "spec.sessionAffinityConfig",
+                    "must not be set when session affinity is None",
+                ));
             }
         }
-        other => errs.push(not_supported("spec.sessionAffinity", other, SESSION_AFFINITIES)),
+        other => errs.push(not_supported(
+            "spec.sessionAffinity",
+            other,
+            SESSION_AFFINITIES,
+        )),
     }
     errs.extend(validate_cluster_ips_related_fields(svc));
     for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
@@ -139,7 +171,10 @@ pub fn validate_service_spec(svc: &Service) -> Vec<FieldError> {
     if stype == TYPE_CLUSTER_IP {
         for (i, p) in ports.iter().enumerate() {
             if p.node_port.unwrap_or(0) != 0 {
-                errs.push(FieldError::forbidden(format!("spec.ports[{i}].nodePort"), "may not be used when `type` is 'ClusterIP'"));
+                errs.push(FieldError::forbidden(
+                    format!("spec.ports[{i}].nodePort"),
+                    "may not be used when `type` is 'ClusterIP'",
+                ));
             }
         }
     }
@@ -150,21 +185,30 @@ pub fn validate_service_spec(svc: &Service) -> Vec<FieldError> {
             continue;
         }
         if !node_ports.insert((p.protocol.as_deref().unwrap_or(""), np)) {
-            errs.push(FieldError::duplicate(format!("spec.ports[{i}].nodePort"), np.to_string()));
+            errs.push(FieldError::duplicate(
+                format!("spec.ports[{i}].nodePort"),
+                np.to_string(),
+            ));
         }
     }
     let mut seen_ports = BTreeSet::new();
     for (i, p) in ports.iter().enumerate() {
         let proto = p.protocol.as_deref().unwrap_or("");
         if !seen_ports.insert((proto, p.port)) {
-            errs.push(FieldError::duplicate(format!("spec.ports[{i}]"), go_service_port(proto, p.port)));
+            errs.push(FieldError::duplicate(
+                format!("spec.ports[{i}]"),
+                go_service_port(proto, p.port),
+            ));
         }
     }
     let ranges = spec.load_balancer_source_ranges.as_deref().unwrap_or(&[]);
     if !ranges.is_empty() {
         let fp = "spec.LoadBalancerSourceRanges";
         if stype != TYPE_LOAD_BALANCER {
-            errs.push(FieldError::forbidden(fp, "may only be used when `type` is 'LoadBalancer'"));
+            errs.push(FieldError::forbidden(
+                fp,
+                "may only be used when `type` is 'LoadBalancer'",
+            ));
         }
         for (i, v) in ranges.iter().enumerate() {
             errs.extend(validate_cidr(v.trim(), &format!("{fp}[{i}]")));
@@ -172,7 +216,10 @@ pub fn validate_service_spec(svc: &Service) -> Vec<FieldError> {
     } else if let Some(val) = annotations.and_then(|a| a.get(ANNOTATION_LB_SOURCE_RANGES)) {
         let fp = format!("metadata.annotations[{ANNOTATION_LB_SOURCE_RANGES}]");
         if stype != TYPE_LOAD_BALANCER {
-            errs.push(FieldError::forbidden(&fp, "may only be used when `type` is 'LoadBalancer'"));
+            errs.push(FieldError::forbidden(
+                &fp,
+                "may only be used when `type` is 'LoadBalancer'",
+            ));
         }
         let val = val.trim();
         if !val.is_empty() {
@@ -196,7 +243,11 @@ pub fn validate_service_spec(svc: &Service) -> Vec<FieldError> {
     if let Some(td) = spec.traffic_distribution.as_deref()
         && !TRAFFIC_DISTRIBUTIONS.contains(&td)
     {
-        errs.push(not_supported("spec.trafficDistribution", td, TRAFFIC_DISTRIBUTIONS));
+        errs.push(not_supported(
+            "spec.trafficDistribution",
+            td,
+            TRAFFIC_DISTRIBUTIONS,
+        ));
     }
     errs
 }
@@ -209,7 +260,12 @@ pub fn go_service_port(protocol: &str, port: i32) -> String {
     )
 }
 
-fn validate_service_port(p: &ServicePort, require_name: bool, names: &mut BTreeSet<String>, path: &str) -> Vec<FieldError> {
+fn validate_service_port(
+    p: &ServicePort,
+    require_name: bool,
+    names: &mut BTreeSet<String>,
+    path: &str,
+) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let name = p.name.as_deref().unwrap_or("");
     if require_name && name.is_empty() {
@@ -221,22 +277,36 @@ fn validate_service_port(p: &ServicePort, require_name: bool, names: &mut BTreeS
         }
     }
     for m in is_valid_port_num(p.port as i64) {
-        errs.push(FieldError::invalid(format!("{path}.port"), p.port.to_string(), m));
+        errs.push(FieldError::invalid(
+            format!("{path}.port"),
+            p.port.to_string(),
+            m,
+        ));
     }
     match p.protocol.as_deref().unwrap_or("") {
         "" => errs.push(FieldError::required(format!("{path}.protocol"), "")),
-        proto if !PROTOCOLS.contains(&proto) => errs.push(not_supported(&format!("{path}.protocol"), proto, PROTOCOLS)),
+        proto if !PROTOCOLS.contains(&proto) => {
+            errs.push(not_supported(&format!("{path}.protocol"), proto, PROTOCOLS))
+        }
         _ => {}
     }
     match &p.target_port {
         Some(IntOrString::Int(n)) => {
             for m in is_valid_port_num(*n as i64) {
-                errs.push(FieldError::invalid(format!("{path}.targetPort"), n.to_string(), m));
+                errs.push(FieldError::invalid(
+                    format!("{path}.targetPort"),
+                    n.to_string(),
+                    m,
+                ));
             }
         }
         Some(IntOrString::String(s)) => {
             for m in is_valid_port_name(s) {
-                errs.push(FieldError::invalid(format!("{path}.targetPort"), quote(s), m));
+                errs.push(FieldError::invalid(
+                    format!("{path}.targetPort"),
+                    quote(s),
+                    m,
+                ));
             }
         }
         None => {
@@ -257,7 +327,10 @@ fn validate_client_ip_affinity(spec: &k8s_openapi::api::core::v1::ServiceSpec) -
         return vec![FieldError::required("spec.sessionAffinityConfig", detail)];
     };
     let Some(cip) = &cfg.client_ip else {
-        return vec![FieldError::required("spec.sessionAffinityConfig.clientIP", detail)];
+        return vec![FieldError::required(
+            "spec.sessionAffinityConfig.clientIP",
+            detail,
+        )];
     };
     let path = "spec.sessionAffinityConfig.clientIP.timeoutSeconds";
     let Some(t) = cip.timeout_seconds else {
@@ -287,18 +360,33 @@ pub fn validate_cluster_ips_related_fields(svc: &Service) -> Vec<FieldError> {
         if ips.is_empty() {
             errs.push(FieldError::required("spec.clusterIPs", ""));
         } else if ips[0] != cip {
-            errs.push(FieldError::invalid("spec.clusterIPs", ips_val(), "first value must match `clusterIP`"));
+            errs.push(FieldError::invalid(
+                "spec.clusterIPs",
+                ips_val(),
+                "first value must match `clusterIP`",
+            ));
         }
     } else if !ips.is_empty() {
-        errs.push(FieldError::invalid("spec.clusterIPs", ips_val(), "must be empty when `clusterIP` is not specified"));
+        errs.push(FieldError::invalid(
+            "spec.clusterIPs",
+            ips_val(),
+            "must be empty when `clusterIP` is not specified",
+        ));
     }
     let mut seen = BTreeSet::new();
     for (i, fam) in ip_families(svc).iter().enumerate() {
         if !FAMILIES.contains(&fam.as_str()) {
-            errs.push(not_supported(&format!("spec.ipFamilies[{i}]"), fam, FAMILIES));
+            errs.push(not_supported(
+                &format!("spec.ipFamilies[{i}]"),
+                fam,
+                FAMILIES,
+            ));
         }
         if !seen.insert(fam.as_str()) {
-            errs.push(FieldError::duplicate(format!("spec.ipFamilies[{i}]"), quote(fam)));
+            errs.push(FieldError::duplicate(
+                format!("spec.ipFamilies[{i}]"),
+                quote(fam),
+            ));
         }
     }
     if let Some(p) = ip_family_policy(svc)
@@ -311,7 +399,11 @@ pub fn validate_cluster_ips_related_fields(svc: &Service) -> Vec<FieldError> {
         if i == 0 && ip == CLUSTER_IP_NONE {
             if ips.len() > 1 {
                 has_invalid = true;
-                errs.push(FieldError::invalid("spec.clusterIPs", ips_val(), "'None' must be the first and only value"));
+                errs.push(FieldError::invalid(
+                    "spec.clusterIPs",
+                    ips_val(),
+                    "'None' must be the first and only value",
+                ));
             }
             continue;
         }
@@ -320,16 +412,28 @@ pub fn validate_cluster_ips_related_fields(svc: &Service) -> Vec<FieldError> {
         errs.extend(e);
     }
     if ips.len() > 2 {
-        errs.push(FieldError::invalid("spec.clusterIPs", ips_val(), "may only hold up to 2 values"));
+        errs.push(FieldError::invalid(
+            "spec.clusterIPs",
+            ips_val(),
+            "may only hold up to 2 values",
+        ));
     }
     if has_invalid {
         return errs;
     }
     if ips.len() > 1 {
-        let fams: Vec<bool> = ips.iter().filter_map(|s| parse_ip(s)).map(|ip| ip.is_ipv6()).collect();
+        let fams: Vec<bool> = ips
+            .iter()
+            .filter_map(|s| parse_ip(s))
+            .map(|ip| ip.is_ipv6())
+            .collect();
         let dual = fams.len() == 2 && fams[0] != fams[1];
         if !dual {
-            errs.push(FieldError::invalid("spec.clusterIPs", ips_val(), "may specify no more than one IP for each IP family"));
+            errs.push(FieldError::invalid(
+                "spec.clusterIPs",
+                ips_val(),
+                "may specify no more than one IP for each IP family",
+            ));
         }
     }
     let fams = ip_families(svc);
@@ -360,21 +464,32 @@ pub fn validate_cluster_ips_related_fields(svc: &Service) -> Vec<FieldError> {
 
 fn validate_load_balancer_class(old: Option<&Service>, svc: &Service) -> Vec<FieldError> {
     let mut errs = Vec::new();
-    let class = |s: &Service| s.spec.as_ref().and_then(|sp| sp.load_balancer_class.clone());
+    let class = |s: &Service| {
+        s.spec
+            .as_ref()
+            .and_then(|sp| sp.load_balancer_class.clone())
+    };
     let new_class = class(svc);
     if let Some(old) = old
         && service_type(old) == TYPE_LOAD_BALANCER
         && service_type(svc) == TYPE_LOAD_BALANCER
         && class(old) != new_class
     {
-        errs.push(FieldError::invalid("spec.loadBalancerClass", go_opt_str(new_class.as_deref()), "may not change once set"));
+        errs.push(FieldError::invalid(
+            "spec.loadBalancerClass",
+            go_opt_str(new_class.as_deref()),
+            "may not change once set",
+        ));
     }
     if service_type(svc) == TYPE_LOAD_BALANCER {
         if let Some(c) = &new_class {
             errs.extend(validate_qualified_name(c, "spec.loadBalancerClass"));
         }
     } else if new_class.is_some() {
-        errs.push(FieldError::forbidden("spec.loadBalancerClass", "may only be used when `type` is 'LoadBalancer'"));
+        errs.push(FieldError::forbidden(
+            "spec.loadBalancerClass",
+            "may only be used when `type` is 'LoadBalancer'",
+        ));
     }
     errs
 }
@@ -393,7 +508,11 @@ fn validate_external_traffic_policy(svc: &Service) -> Vec<FieldError> {
     } else if etp.is_empty() {
         errs.push(FieldError::required("spec.externalTrafficPolicy", ""));
     } else if !TRAFFIC_POLICIES.contains(&etp) {
-        errs.push(not_supported("spec.externalTrafficPolicy", etp, TRAFFIC_POLICIES));
+        errs.push(not_supported(
+            "spec.externalTrafficPolicy",
+            etp,
+            TRAFFIC_POLICIES,
+        ));
     }
     let hc = health_check_node_port(svc);
     if !needs_health_check(svc) {
@@ -408,14 +527,21 @@ fn validate_external_traffic_policy(svc: &Service) -> Vec<FieldError> {
         errs.push(FieldError::required("spec.healthCheckNodePort", ""));
     } else {
         for m in is_valid_port_num(hc as i64) {
-            errs.push(FieldError::invalid("spec.healthCheckNodePort", hc.to_string(), m));
+            errs.push(FieldError::invalid(
+                "spec.healthCheckNodePort",
+                hc.to_string(),
+                m,
+            ));
         }
     }
     errs
 }
 
 fn validate_internal_traffic_policy(svc: &Service) -> Vec<FieldError> {
-    let itp = svc.spec.as_ref().and_then(|s| s.internal_traffic_policy.as_deref());
+    let itp = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.internal_traffic_policy.as_deref());
     match itp {
         None => {
             let t = service_type(svc);
@@ -425,7 +551,11 @@ fn validate_internal_traffic_policy(svc: &Service) -> Vec<FieldError> {
                 Vec::new()
             }
         }
-        Some(p) if !TRAFFIC_POLICIES.contains(&p) => vec![not_supported("spec.internalTrafficPolicy", p, TRAFFIC_POLICIES)],
+        Some(p) if !TRAFFIC_POLICIES.contains(&p) => vec![not_supported(
+            "spec.internalTrafficPolicy",
+            p,
+            TRAFFIC_POLICIES,
+        )],
         _ => Vec::new(),
     }
 }
@@ -437,8 +567,14 @@ pub fn validate_service_update(svc: &Service, old: &Service) -> Vec<FieldError> 
     errs.extend(validate_upgrade_downgrade_cluster_ips(old, svc));
     errs.extend(validate_upgrade_downgrade_ip_families(old, svc));
     errs.extend(validate_load_balancer_class(Some(old), svc));
-    if needs_health_check(old) && needs_health_check(svc) && health_check_node_port(old) != health_check_node_port(svc) {
-        errs.push(FieldError::forbidden("spec.healthCheckNodePort", "field is immutable"));
+    if needs_health_check(old)
+        && needs_health_check(svc)
+        && health_check_node_port(old) != health_check_node_port(svc)
+    {
+        errs.push(FieldError::forbidden(
+            "spec.healthCheckNodePort",
+            "field is immutable",
+        ));
     }
     errs.extend(validate_service(svc));
     errs
@@ -453,19 +589,36 @@ fn validate_upgrade_downgrade_cluster_ips(old: &Service, svc: &Service) -> Vec<F
         return errs;
     }
     let (o, n) = (cluster_ips(old), cluster_ips(svc));
-    let nval = || go_string_slice("string", svc.spec.as_ref().and_then(|s| s.cluster_ips.as_deref()));
+    let nval = || {
+        go_string_slice(
+            "string",
+            svc.spec.as_ref().and_then(|s| s.cluster_ips.as_deref()),
+        )
+    };
     if o.len() == n.len() {
         for (i, ip) in o.iter().enumerate() {
             if *ip != n[i] {
-                errs.push(FieldError::invalid(format!("spec.clusterIPs[{i}]"), nval(), "may not change once set"));
+                errs.push(FieldError::invalid(
+                    format!("spec.clusterIPs[{i}]"),
+                    nval(),
+                    "may not change once set",
+                ));
             }
         }
     } else if o.len() > n.len() {
         if n.is_empty() {
-            errs.push(FieldError::invalid("spec.clusterIPs[0]", nval(), "primary clusterIP can not be unset"));
+            errs.push(FieldError::invalid(
+                "spec.clusterIPs[0]",
+                nval(),
+                "primary clusterIP can not be unset",
+            ));
         }
         if !o.is_empty() && !n.is_empty() && n[0] != o[0] {
-            errs.push(FieldError::invalid("spec.clusterIPs[0]", nval(), "may not change once set"));
+            errs.push(FieldError::invalid(
+                "spec.clusterIPs[0]",
+                nval(),
+                "may not change once set",
+            ));
         }
         if n.len() == 1 && ip_family_policy(svc) != Some(SINGLE_STACK) {
             errs.push(FieldError::invalid(
@@ -475,7 +628,11 @@ fn validate_upgrade_downgrade_cluster_ips(old: &Service, svc: &Service) -> Vec<F
             ));
         }
     } else if !o.is_empty() && n[0] != o[0] {
-        errs.push(FieldError::invalid("spec.clusterIPs[0]", nval(), "may not change once set"));
+        errs.push(FieldError::invalid(
+            "spec.clusterIPs[0]",
+            nval(),
+            "may not change once set",
+        ));
     }
     errs
 }
@@ -489,20 +646,42 @@ fn validate_upgrade_downgrade_ip_families(old: &Service, svc: &Service) -> Vec<F
         return errs;
     }
     let (o, n) = (ip_families(old), ip_families(svc));
-    let fam_val = || go_string_slice("core.IPFamily", svc.spec.as_ref().and_then(|s| s.ip_families.as_deref()));
-    let ips_val = || go_string_slice("string", svc.spec.as_ref().and_then(|s| s.cluster_ips.as_deref()));
+    let fam_val = || {
+        go_string_slice(
+            "core.IPFamily",
+            svc.spec.as_ref().and_then(|s| s.ip_families.as_deref()),
+        )
+    };
+    let ips_val = || {
+        go_string_slice(
+            "string",
+            svc.spec.as_ref().and_then(|s| s.cluster_ips.as_deref()),
+        )
+    };
     if o.len() == n.len() {
         for (i, f) in o.iter().enumerate() {
             if *f != n[i] {
-                errs.push(FieldError::invalid("spec.ipFamilies[0]", fam_val(), "may not change once set"));
+                errs.push(FieldError::invalid(
+                    "spec.ipFamilies[0]",
+                    fam_val(),
+                    "may not change once set",
+                ));
             }
         }
     } else if o.len() > n.len() {
         if cluster_ips(svc).is_empty() {
-            errs.push(FieldError::invalid("spec.ipFamilies[0]", fam_val(), "primary ipFamily can not be unset"));
+            errs.push(FieldError::invalid(
+                "spec.ipFamilies[0]",
+                fam_val(),
+                "primary ipFamily can not be unset",
+            ));
         }
         if !n.is_empty() && n[0] != o[0] {
-            errs.push(FieldError::invalid("spec.ipFamilies[0]", ips_val(), "may not change once set"));
+            errs.push(FieldError::invalid(
+                "spec.ipFamilies[0]",
+                ips_val(),
+                "may not change once set",
+            ));
         }
         if n.len() == 1 && ip_family_policy(svc) != Some(SINGLE_STACK) {
             errs.push(FieldError::invalid(
@@ -512,7 +691,11 @@ fn validate_upgrade_downgrade_ip_families(old: &Service, svc: &Service) -> Vec<F
             ));
         }
     } else if !o.is_empty() && !n.is_empty() && n[0] != o[0] {
-        errs.push(FieldError::invalid("spec.ipFamilies[0]", ips_val(), "may not change once set"));
+        errs.push(FieldError::invalid(
+            "spec.ipFamilies[0]",
+            ips_val(),
+            "may not change once set",
+        ));
     }
     errs
 }
@@ -528,7 +711,10 @@ pub fn validate_service_status_update(svc: &Service, old: &Service) -> Vec<Field
         .unwrap_or(&[]);
     let path = "status.loadBalancer.ingress";
     if service_type(svc) != TYPE_LOAD_BALANCER && !ingress.is_empty() {
-        errs.push(FieldError::forbidden(path, "may only be used when `spec.type` is 'LoadBalancer'"));
+        errs.push(FieldError::forbidden(
+            path,
+            "may only be used when `spec.type` is 'LoadBalancer'",
+        ));
         return errs;
     }
     for (i, ing) in ingress.iter().enumerate() {
@@ -538,20 +724,34 @@ pub fn validate_service_status_update(svc: &Service, old: &Service) -> Vec<Field
             errs.extend(validate_ip(ip, &format!("{idx}.ip")));
         }
         match ing.ip_mode.as_deref() {
-            None if !ip.is_empty() => errs.push(FieldError::required(format!("{idx}.ipMode"), "must be specified when `ip` is set")),
-            Some(_) if ip.is_empty() => {
-                errs.push(FieldError::forbidden(format!("{idx}.ipMode"), "may not be specified when `ip` is not set"))
+            None if !ip.is_empty() => errs.push(FieldError::required(
+                format!("{idx}.ipMode"),
+                "must be specified when `ip` is set",
+            )),
+            Some(_) if ip.is_empty() => errs.push(FieldError::forbidden(
+                format!("{idx}.ipMode"),
+                "may not be specified when `ip` is not set",
+            )),
+            Some(m) if !IP_MODES.contains(&m) => {
+                errs.push(not_supported(&format!("{idx}.ipMode"), m, IP_MODES))
             }
-            Some(m) if !IP_MODES.contains(&m) => errs.push(not_supported(&format!("{idx}.ipMode"), m, IP_MODES)),
             _ => {}
         }
         let host = ing.hostname.as_deref().unwrap_or("");
         if !host.is_empty() {
             for m in is_dns1123_subdomain(host) {
-                errs.push(FieldError::invalid(format!("{idx}.hostname"), quote(host), m));
+                errs.push(FieldError::invalid(
+                    format!("{idx}.hostname"),
+                    quote(host),
+                    m,
+                ));
             }
             if parse_ip(host).is_some() {
-                errs.push(FieldError::invalid(format!("{idx}.hostname"), quote(host), "must be a DNS name, not an IP address"));
+                errs.push(FieldError::invalid(
+                    format!("{idx}.hostname"),
+                    quote(host),
+                    "must be a DNS name, not an IP address",
+                ));
             }
         }
     }

@@ -26,7 +26,10 @@ fn dynamic_picks_prefer_the_upper_band() {
     let mut r = PortRange::new(30000..=32767);
     for _ in 0..(2768 - 86) {
         let p = r.pick(&mut rng).expect("free port");
-        assert!(p >= 30086, "dynamic pick {p} in the static band while the upper band has room");
+        assert!(
+            p >= 30086,
+            "dynamic pick {p} in the static band while the upper band has room"
+        );
         r.allocate(p as i32).expect("pick is free");
     }
     // Upper band full: now the lower band.
@@ -37,7 +40,13 @@ fn dynamic_picks_prefer_the_upper_band() {
     }
     assert_eq!(r.pick(&mut rng), None);
     assert_eq!(r.allocate(30001), Err(AllocError::PortAllocated));
-    assert_eq!(r.allocate(29999).map_err(|e| e.to_string()), Err("provided port is not in the valid range. The range of valid ports is 30000-32767".into()));
+    assert_eq!(
+        r.allocate(29999).map_err(|e| e.to_string()),
+        Err(
+            "provided port is not in the valid range. The range of valid ports is 30000-32767"
+                .into()
+        )
+    );
 }
 
 #[test]
@@ -62,7 +71,7 @@ fn ip_range_reserves_the_first_address() {
         r.allocate(&"10.97.0.1".parse().expect("ip")).map_err(|e| e.to_string()),
         Err("the provided IP (10.97.0.1) is not in the valid range. The range of valid IPs is 10.96.0.0/24".into())
     );
-    assert_eq!(r.allocate(&"10.96.0.255".parse().expect("ip")).map_err(|e| e.to_string()).is_err(), true);
+    assert!(r.allocate(&"10.96.0.255".parse().expect("ip")).is_err());
     assert!(r.release(&first));
     assert_eq!(r.used(), 253);
 }
@@ -97,11 +106,18 @@ impl Pools {
     fn new(dual: bool) -> Self {
         let mut v6 = FamilyRanges::default();
         if dual {
-            v6.ranges.push(IpRange::new("fd00::/108".parse().expect("cidr")));
+            v6.ranges
+                .push(IpRange::new("fd00::/108".parse().expect("cidr")));
         }
         Pools {
-            fams: if dual { vec![IpFamily::V4, IpFamily::V6] } else { vec![IpFamily::V4] },
-            v4: FamilyRanges { ranges: vec![IpRange::new("10.0.0.0/24".parse().expect("cidr"))] },
+            fams: if dual {
+                vec![IpFamily::V4, IpFamily::V6]
+            } else {
+                vec![IpFamily::V4]
+            },
+            v4: FamilyRanges {
+                ranges: vec![IpRange::new("10.0.0.0/24".parse().expect("cidr"))],
+            },
             v6,
             ports: PortRange::new(30000..=30099),
             rng: StdRng::seed_from_u64(9),
@@ -114,7 +130,11 @@ impl Allocator for Pools {
         self.fams.clone()
     }
     fn allocate_ip(&mut self, family: IpFamily, ip: Option<IpAddr>) -> Result<IpAddr, AllocError> {
-        let f = if family == IpFamily::V4 { &mut self.v4 } else { &mut self.v6 };
+        let f = if family == IpFamily::V4 {
+            &mut self.v4
+        } else {
+            &mut self.v6
+        };
         let ip = match ip {
             Some(ip) => ip,
             None => f.pick(&mut self.rng).ok_or(AllocError::Full)?,
@@ -158,9 +178,14 @@ fn create_allocates_ips_and_shared_node_ports() {
 #[test]
 fn create_errors_have_upstream_shape() {
     let mut pools = Pools::new(false);
-    pools.allocate_ip(IpFamily::V4, Some("10.0.0.20".parse().expect("ip"))).expect("free");
+    pools
+        .allocate_ip(IpFamily::V4, Some("10.0.0.20".parse().expect("ip")))
+        .expect("free");
     pools.allocate_port(Some(30010)).expect("free");
-    let mut taken = prepared(json!({"metadata": {"name": "a", "namespace": "d"}, "spec": {"clusterIP": "10.0.0.20", "ports": [{"port": 80}]}}), &pools);
+    let mut taken = prepared(
+        json!({"metadata": {"name": "a", "namespace": "d"}, "spec": {"clusterIP": "10.0.0.20", "ports": [{"port": 80}]}}),
+        &pools,
+    );
     assert_eq!(
         allocate_create(&mut taken, &mut pools),
         Err(AllocFailure::Invalid(vec![FieldError::invalid(
@@ -169,7 +194,10 @@ fn create_errors_have_upstream_shape() {
             "failed to allocate IP 10.0.0.20: provided IP is already allocated"
         )]))
     );
-    let mut out = prepared(json!({"metadata": {"name": "a", "namespace": "d"}, "spec": {"clusterIP": "10.1.0.20", "ports": [{"port": 80}]}}), &pools);
+    let mut out = prepared(
+        json!({"metadata": {"name": "a", "namespace": "d"}, "spec": {"clusterIP": "10.1.0.20", "ports": [{"port": 80}]}}),
+        &pools,
+    );
     assert_eq!(
         allocate_create(&mut out, &mut pools),
         Err(AllocFailure::Invalid(vec![FieldError::invalid(
@@ -178,10 +206,17 @@ fn create_errors_have_upstream_shape() {
             "failed to allocate IP 10.1.0.20: the provided IP (10.1.0.20) is not in the valid range. The range of valid IPs is 10.0.0.0/24"
         )]))
     );
-    let mut port = prepared(json!({"metadata": {"name": "a", "namespace": "d"}, "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30010}]}}), &pools);
+    let mut port = prepared(
+        json!({"metadata": {"name": "a", "namespace": "d"}, "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30010}]}}),
+        &pools,
+    );
     assert_eq!(
         allocate_create(&mut port, &mut pools),
-        Err(AllocFailure::Invalid(vec![FieldError::invalid("spec.ports[0].nodePort", "30010", "provided port is already allocated")]))
+        Err(AllocFailure::Invalid(vec![FieldError::invalid(
+            "spec.ports[0].nodePort",
+            "30010",
+            "provided port is already allocated"
+        )]))
     );
     let mut hc = prepared(
         json!({"metadata": {"name": "a", "namespace": "d"}, "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 30010, "ports": [{"port": 80}]}}),
@@ -193,11 +228,27 @@ fn create_errors_have_upstream_shape() {
     );
     // Exhaustion is a 500.
     while pools.allocate_port(None).is_ok() {}
-    let mut full = prepared(json!({"metadata": {"name": "a", "namespace": "d"}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}}), &pools);
-    assert_eq!(allocate_create(&mut full, &mut pools), Err(AllocFailure::Internal("failed to allocate a nodePort: range is full".into())));
+    let mut full = prepared(
+        json!({"metadata": {"name": "a", "namespace": "d"}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}}),
+        &pools,
+    );
+    assert_eq!(
+        allocate_create(&mut full, &mut pools),
+        Err(AllocFailure::Internal(
+            "failed to allocate a nodePort: range is full".into()
+        ))
+    );
     while pools.allocate_ip(IpFamily::V4, None).is_ok() {}
-    let mut full = prepared(json!({"metadata": {"name": "a", "namespace": "d"}, "spec": {"ports": [{"port": 80}]}}), &pools);
-    assert_eq!(allocate_create(&mut full, &mut pools), Err(AllocFailure::Internal("failed to allocate a serviceIP: range is full".into())));
+    let mut full = prepared(
+        json!({"metadata": {"name": "a", "namespace": "d"}, "spec": {"ports": [{"port": 80}]}}),
+        &pools,
+    );
+    assert_eq!(
+        allocate_create(&mut full, &mut pools),
+        Err(AllocFailure::Internal(
+            "failed to allocate a serviceIP: range is full".into()
+        ))
+    );
 }
 
 #[test]
@@ -209,7 +260,10 @@ fn allocate_lb_node_ports_false_keeps_only_requested() {
         &pools,
     );
     allocate_create(&mut s, &mut pools).expect("allocates");
-    assert_eq!(ports(&s).iter().map(|p| p.node_port).collect::<Vec<_>>(), vec![None, Some(30050)]);
+    assert_eq!(
+        ports(&s).iter().map(|p| p.node_port).collect::<Vec<_>>(),
+        vec![None, Some(30050)]
+    );
 }
 
 #[test]
@@ -228,7 +282,13 @@ fn update_type_changes_release_and_allocate() {
     let mut cluster_policy = lb.clone();
     spec_mut(&mut cluster_policy).external_traffic_policy = Some("Cluster".into());
     let rel = allocate_update(&mut cluster_policy, &lb, &mut pools).expect("update");
-    assert_eq!(rel, Released { ips: vec![], ports: vec![hc] });
+    assert_eq!(
+        rel,
+        Released {
+            ips: vec![],
+            ports: vec![hc]
+        }
+    );
 
     // LB → ClusterIP: node port (and HCNP) released.
     let mut cip = lb.clone();
@@ -245,12 +305,18 @@ fn update_type_changes_release_and_allocate() {
     assert_eq!(rel.ips, held_ips(&lb));
 
     // ExternalName → ClusterIP: a new cluster IP.
-    let mut ext = prepared(json!({"metadata": {"name": "e", "namespace": "d"}, "spec": {"type": "ExternalName", "externalName": "x.example"}}), &pools);
+    let mut ext = prepared(
+        json!({"metadata": {"name": "e", "namespace": "d"}, "spec": {"type": "ExternalName", "externalName": "x.example"}}),
+        &pools,
+    );
     allocate_create(&mut ext, &mut pools).expect("nothing to allocate");
     let mut back = ext.clone();
     spec_mut(&mut back).type_ = Some("ClusterIP".into());
-    spec_mut(&mut back).ports = Some(vec![serde_json::from_value(json!({"port": 80})).expect("port")]);
-    crate::service::strategy::init_ip_family_fields(&mut back, Some(&ext), &pools.fams).expect("families");
+    spec_mut(&mut back).ports = Some(vec![
+        serde_json::from_value(json!({"port": 80})).expect("port"),
+    ]);
+    crate::service::strategy::init_ip_family_fields(&mut back, Some(&ext), &pools.fams)
+        .expect("families");
     allocate_update(&mut back, &ext, &mut pools).expect("update");
     assert_eq!(cluster_ips(&back).len(), 1);
 
