@@ -273,10 +273,13 @@ fn connects(addr: SocketAddr, count: usize) -> Vec<Duration> {
 struct Row {
     n: usize,
     ours_full: Duration,
+    ours_full_kernel: Duration,
     ours_transactions: usize,
     baseline_full: Option<Duration>,
     ours_change: Vec<Duration>,
     ours_add: Duration,
+    ours_change_scan: Duration,
+    kernel_change_p50: Duration,
     baseline_add: Option<Duration>,
     plan_mib: f64,
     backend_mib: f64,
@@ -325,6 +328,7 @@ fn run_size(n: usize, cap: Duration) -> Result<Row> {
 
     // One Service changed: replace one endpoint of a different Service each time.
     let mut ours_change = Vec::new();
+    let mut kernel_change = Vec::new();
     for k in 0..20 {
         let i = (k * 7919) % (n - 1);
         let name = service(i, vec![]).name;
@@ -338,13 +342,15 @@ fn run_size(n: usize, cap: Duration) -> Result<Row> {
             s.cluster_policy_endpoints[0] = ep;
         }
         let start = Instant::now();
-        let st = backend.sync(&plan)?;
+        let st = backend.sync_changed(&plan, &[name.service()])?;
         ours_change.push(start.elapsed());
+        kernel_change.push(st.kernel);
         if st.services_changed != 1 {
             bail!("expected one changed service, got {st:?}");
         }
     }
     ours_change.sort();
+    kernel_change.sort();
     // One Service added.
     let added = service(
         n + 1,
@@ -352,10 +358,19 @@ fn run_size(n: usize, cap: Duration) -> Result<Row> {
             .map(|e| endpoint(endpoint_ip(n + 1, e), 8080))
             .collect(),
     );
+    let added_name = added.name.service();
     plan.services.insert(added.name.clone(), added);
     let start = Instant::now();
-    backend.sync(&plan)?;
+    backend.sync_changed(&plan, &[added_name])?;
     let ours_add = start.elapsed();
+    // The same kind of change found by comparing the whole plan (no hint).
+    let name = service(1, vec![]).name;
+    if let Some(s) = plan.services.get_mut(&name) {
+        s.cluster_endpoints.pop();
+    }
+    let start = Instant::now();
+    backend.sync(&plan)?;
+    let ours_change_scan = start.elapsed();
     eprintln!(
         "   ours one change p50 {} max {}, add {}",
         ms(percentile(&ours_change, 0.5)),
@@ -419,10 +434,13 @@ fn run_size(n: usize, cap: Duration) -> Result<Row> {
     Ok(Row {
         n,
         ours_full,
+        ours_full_kernel: stats.kernel,
         ours_transactions: stats.transactions,
         baseline_full,
         ours_change,
         ours_add,
+        ours_change_scan,
+        kernel_change_p50: percentile(&kernel_change, 0.5),
         baseline_add,
         plan_mib: rss_plan.saturating_sub(rss0) as f64 / 1024.0,
         backend_mib: rss_backend.saturating_sub(rss_plan) as f64 / 1024.0,
@@ -463,9 +481,9 @@ fn main() -> Result<()> {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "| Services × 10 endpoints | ours: full sync | `nft -f` kube-proxy shape | ratio | ours: 1 Service changed p50 / max (20 runs) | ours: 1 Service added | `nft -f`: 1 Service added | connect p50 / p99 direct | connect p50 / p99 via cluster IP | RSS: plan / backend state |"
+        "| Services × 10 endpoints | ours: full sync (kernel part) | `nft -f` kube-proxy shape | ratio | ours: 1 Service changed p50 / max (20 runs; kernel part p50) | same change found by comparing the whole plan | ours: 1 Service added | `nft -f`: 1 Service added | connect p50 / p99 direct | connect p50 / p99 via cluster IP | RSS: plan / backend state |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let base = r
             .baseline_full
@@ -475,14 +493,17 @@ fn main() -> Result<()> {
         });
         let _ = writeln!(
             md,
-            "| {} | {} ({} transactions) | {} | {} | {} / {} | {} | {} | {} / {} | {} / {} | {:.0} MiB / {:.0} MiB |",
+            "| {} | {} ({}; {} transactions) | {} | {} | {} / {} ({}) | {} | {} | {} | {} / {} | {} / {} | {:.0} MiB / {:.0} MiB |",
             r.n,
             secs(r.ours_full),
+            secs(r.ours_full_kernel),
             r.ours_transactions,
             base,
             ratio,
             ms(percentile(&r.ours_change, 0.5)),
             ms(percentile(&r.ours_change, 1.0)),
+            ms(r.kernel_change_p50),
+            ms(r.ours_change_scan),
             ms(r.ours_add),
             r.baseline_add.map_or("—".to_string(), ms),
             us(r.lat_direct.0),

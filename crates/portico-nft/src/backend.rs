@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use portico_core::plan::{Plan, Protocol, ServicePortName, ServicePortPlan};
+use portico_core::plan::{Plan, Protocol, ServiceName, ServicePortName, ServicePortPlan};
 
 use crate::Error;
 use crate::conntrack::{Conntrack, stale_flows};
@@ -65,6 +65,8 @@ pub struct SyncStats {
     pub elements_deleted: usize,
     pub conntrack_deleted: usize,
     pub duration: Duration,
+    /// Of `duration`: time spent in the kernel (sending batches and reading their ACKs).
+    pub kernel: Duration,
 }
 
 #[derive(Debug)]
@@ -226,7 +228,7 @@ impl AffinityClasses {
 
 #[derive(Debug)]
 struct State {
-    services: HashMap<ServicePortName, ServiceState>,
+    services: BTreeMap<ServicePortName, ServiceState>,
     families: Vec<FamilyState>,
     affinity: AffinityClasses,
     next_owner: u32,
@@ -239,6 +241,7 @@ pub struct NftBackend {
     sock: NfSocket,
     conntrack: Option<Conntrack>,
     state: Option<State>,
+    kernel_time: Duration,
 }
 
 impl std::fmt::Debug for NftBackend {
@@ -533,7 +536,7 @@ impl FamilyState {
 impl State {
     fn new(families: &[Family]) -> State {
         State {
-            services: HashMap::new(),
+            services: BTreeMap::new(),
             families: families.iter().map(|f| FamilyState::new(*f)).collect(),
             affinity: AffinityClasses::default(),
             next_owner: 1,
@@ -654,6 +657,7 @@ impl NftBackend {
             sock,
             conntrack,
             state: None,
+            kernel_time: Duration::ZERO,
         })
     }
 
@@ -670,11 +674,33 @@ impl NftBackend {
         self.state = None;
     }
 
-    /// Programs `plan`: incrementally when the last commit succeeded, else a full rebuild.
+    /// Programs `plan`: incrementally when the last commit succeeded (comparing every Service
+    /// with the committed one), else a full rebuild.
     pub fn sync(&mut self, plan: &Plan) -> Result<SyncStats, Error> {
+        self.sync_inner(plan, None)
+    }
+
+    /// Like [`NftBackend::sync`], but only the Services in `changed` are compared with the
+    /// committed state (every other Service of `plan` must be unchanged since the last
+    /// successful sync): the cost is proportional to the change, not to the cluster. The
+    /// proxy's change trackers know this set.
+    pub fn sync_changed(
+        &mut self,
+        plan: &Plan,
+        changed: &[ServiceName],
+    ) -> Result<SyncStats, Error> {
+        self.sync_inner(plan, Some(changed))
+    }
+
+    fn sync_inner(
+        &mut self,
+        plan: &Plan,
+        hint: Option<&[ServiceName]>,
+    ) -> Result<SyncStats, Error> {
         let started = Instant::now();
+        self.kernel_time = Duration::ZERO;
         let result = if self.state.is_some() {
-            self.sync_incremental(plan)
+            self.sync_incremental(plan, hint)
         } else {
             self.sync_full(plan)
         };
@@ -687,6 +713,7 @@ impl NftBackend {
                     }
                 }
                 stats.duration = started.elapsed();
+                stats.kernel = self.kernel_time;
                 Ok(stats)
             }
             Err(e) => {
@@ -708,7 +735,10 @@ impl NftBackend {
         }
         self.sock.take_seqs(batch.message_count() as u32 + 2);
         let (bytes, described) = batch.finish_bytes();
-        self.sock.commit(&bytes, &described)
+        let start = Instant::now();
+        let result = self.sock.commit(&bytes, &described);
+        self.kernel_time += start.elapsed();
+        result
     }
 
     fn sync_full(&mut self, plan: &Plan) -> Result<(SyncStats, bool), Error> {
@@ -753,23 +783,65 @@ impl NftBackend {
         Ok((stats, udp))
     }
 
-    fn sync_incremental(&mut self, plan: &Plan) -> Result<(SyncStats, bool), Error> {
+    fn sync_incremental(
+        &mut self,
+        plan: &Plan,
+        hint: Option<&[ServiceName]>,
+    ) -> Result<(SyncStats, bool), Error> {
         let Some(state) = self.state.as_mut() else {
             return Err(Error::Config("no committed state".into()));
         };
         let mut changed: Vec<&ServicePortName> = Vec::new();
-        for (name, sp) in &plan.services {
-            match state.services.get(name) {
-                Some(s) if s.plan == *sp => {}
-                _ => changed.push(name),
+        let mut removed: Vec<ServicePortName> = Vec::new();
+        match hint {
+            // Only the named Services: O(changes), as the proxy's change trackers know them.
+            Some(names) => {
+                for service in names {
+                    let start = ServicePortName {
+                        namespace: service.namespace.clone(),
+                        name: service.name.clone(),
+                        port: String::new(),
+                        protocol: Protocol::Tcp,
+                    };
+                    for (name, _) in state.services.range(start..).take_while(|(k, _)| {
+                        k.namespace == service.namespace && k.name == service.name
+                    }) {
+                        if !plan.services.contains_key(name) {
+                            removed.push(name.clone());
+                        }
+                    }
+                    for (name, sp) in plan.service_ports(service) {
+                        if state.services.get(name).is_none_or(|s| s.plan != *sp) {
+                            changed.push(name);
+                        }
+                    }
+                }
+            }
+            // Everything: one merge walk over the two sorted maps.
+            None => {
+                let mut old = state.services.iter().peekable();
+                for (name, sp) in &plan.services {
+                    while let Some((k, _)) = old.peek() {
+                        if *k < name {
+                            removed.push((*k).clone());
+                            old.next();
+                        } else {
+                            break;
+                        }
+                    }
+                    match old.peek() {
+                        Some((k, s)) if *k == name => {
+                            if s.plan != *sp {
+                                changed.push(name);
+                            }
+                            old.next();
+                        }
+                        _ => changed.push(name),
+                    }
+                }
+                removed.extend(old.map(|(k, _)| k.clone()));
             }
         }
-        let removed: Vec<ServicePortName> = state
-            .services
-            .keys()
-            .filter(|n| !plan.services.contains_key(*n))
-            .cloned()
-            .collect();
         let mut stats = SyncStats {
             services_changed: changed.len() + removed.len(),
             ..Default::default()

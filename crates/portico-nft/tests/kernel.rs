@@ -163,6 +163,25 @@ fn netlink_programs_what_the_text_says() {
     let after = list(&by_netlink, "ip");
     assert!(!after.contains("10.244.1.2 . 8080"), "{after}");
 
+    // The hinted path: removing a Service named in the hint deletes its elements.
+    let mut removed = changed.clone();
+    let empty_name = removed
+        .services
+        .keys()
+        .find(|n| n.name == "empty")
+        .unwrap()
+        .clone();
+    removed.services.remove(&empty_name);
+    let stats = backend
+        .sync_changed(&removed, &[empty_name.service()])
+        .unwrap();
+    assert_eq!(stats.services_changed, 1);
+    let after = list(&by_netlink, "ip");
+    assert!(!after.contains("10.96.0.99"), "{after}");
+    // Nothing else differs from a full comparison.
+    let stats = backend.sync(&removed).unwrap();
+    assert_eq!(stats.services_changed, 0);
+
     backend.cleanup().unwrap();
     let out = by_netlink.exec(&["nft", "list", "ruleset"]).unwrap();
     assert!(out.trim().is_empty(), "{out}");
