@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::Parser;
-use portico_store::embedded::EmbeddedStore;
+use portico_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use portico_store::etcd::EtcdStore;
 use portico_store::testing::EtcdProcess;
 use portico_store::{Compare, Op, Store};
@@ -33,6 +33,9 @@ struct Args {
     /// Parent directory for both data directories (the same disk for a fair comparison).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Which backends to run, comma separated: embedded, etcd.
+    #[arg(long, value_delimiter = ',', default_value = "embedded,etcd")]
+    backends: Vec<String>,
     /// gRPC connections to etcd, shared round-robin by the writers.
     #[arg(long, default_value_t = 8)]
     etcd_connections: usize,
@@ -153,22 +156,39 @@ async fn main() -> Result<()> {
     let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let value = Bytes::from(vec![b'v'; args.value_bytes]);
 
-    let embedded_dir = tempfile::Builder::new()
-        .prefix("portico-bench-store-")
-        .tempdir_in(&parent)
-        .context("embedded data dir")?;
-    let embedded = EmbeddedStore::open(&embedded_dir.path().join("store.redb"))?;
-    let embedded_results =
-        run_all(&[embedded as Arc<dyn Store>], "embedded", &args, &value).await?;
-
-    let etcd =
-        EtcdProcess::try_start_in(&parent).context("start etcd (apt-get install etcd-server)")?;
-    let mut etcd_stores: Vec<Arc<dyn Store>> = Vec::new();
-    for _ in 0..args.etcd_connections.max(1) {
-        etcd_stores.push(EtcdStore::connect(&etcd.endpoints(), "").await?);
+    let wants = |name: &str| args.backends.iter().any(|backend| backend == name);
+    let mut embedded_results = Vec::new();
+    if wants("embedded") {
+        let embedded_dir = tempfile::Builder::new()
+            .prefix("portico-bench-store-")
+            .tempdir_in(&parent)
+            .context("embedded data dir")?;
+        let embedded = EmbeddedStore::open(&embedded_dir.path().join("store.redb"))?;
+        embedded_results =
+            run_all(&[embedded as Arc<dyn Store>], "embedded", &args, &value).await?;
     }
-    let etcd_results = run_all(&etcd_stores, "etcd", &args, &value).await?;
-    drop(etcd);
+    if wants("embedded-nosync") {
+        // Storage cost without the fsync, to separate the two (not a safe configuration).
+        let dir = tempfile::Builder::new()
+            .prefix("portico-bench-store-nosync-")
+            .tempdir_in(&parent)?;
+        let options = EmbeddedOptions {
+            sync_commits: false,
+            ..EmbeddedOptions::default()
+        };
+        let store = EmbeddedStore::open_with(&dir.path().join("store.redb"), options)?;
+        run_all(&[store as Arc<dyn Store>], "embedded-nosync", &args, &value).await?;
+    }
+    let mut etcd_results = Vec::new();
+    if wants("etcd") {
+        let etcd = EtcdProcess::try_start_in(&parent)
+            .context("start etcd (apt-get install etcd-server)")?;
+        let mut etcd_stores: Vec<Arc<dyn Store>> = Vec::new();
+        for _ in 0..args.etcd_connections.max(1) {
+            etcd_stores.push(EtcdStore::connect(&etcd.endpoints(), "").await?);
+        }
+        etcd_results = run_all(&etcd_stores, "etcd", &args, &value).await?;
+    }
 
     println!(
         "Creates (compare absent + put) of {} B values, {} s per row, data on {}",

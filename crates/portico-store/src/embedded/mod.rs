@@ -58,6 +58,10 @@ pub struct EmbeddedOptions {
     pub max_batch: usize,
     /// Revisions cleaned per compaction step; steps run between write batches.
     pub compaction_step: u64,
+    /// Sync every commit to disk (the default and the only safe setting). `false` skips the
+    /// fsync: acknowledged writes may be lost on a crash. Only for tests and for benchmarks
+    /// that separate storage cost from sync cost.
+    pub sync_commits: bool,
     /// redb page cache size in bytes.
     pub cache_size_bytes: usize,
 }
@@ -69,6 +73,7 @@ impl Default for EmbeddedOptions {
             broadcast_capacity: 4096,
             max_batch: 1024,
             compaction_step: 512,
+            sync_commits: true,
             cache_size_bytes: 256 << 20,
         }
     }
@@ -283,6 +288,7 @@ fn commit_batch(
     let mut next_state = *state;
     let written = write_batch(
         &shared.db,
+        options.sync_commits,
         &mut next_state,
         requests,
         &mut outcomes,
@@ -345,15 +351,19 @@ impl Error {
 /// request's reply channel comes back with the error.
 fn write_batch(
     db: &Database,
+    sync_commits: bool,
     state: &mut WriterState,
     requests: Vec<Request>,
     outcomes: &mut Vec<Outcome>,
     batches: &mut Vec<Arc<Batch>>,
 ) -> std::result::Result<(), (Error, Vec<Outcome>)> {
-    let txn = match db.begin_write() {
+    let mut txn = match db.begin_write() {
         Ok(txn) => txn,
         Err(error) => return Err((internal(error), placeholders(requests))),
     };
+    if !sync_commits && let Err(error) = txn.set_durability(redb::Durability::None) {
+        return Err((internal(error), placeholders(requests)));
+    }
     let mut pending = requests.into_iter();
     let applied = (|| -> Result<()> {
         let mut log = txn.open_table(LOG).map_err(internal)?;
