@@ -1,1 +1,151 @@
 //! Shared helpers for end-to-end tests that start the real `portico` binary.
+//!
+//! Owns: finding the binary, starting it on a free port in a temporary data dir, reading its
+//! machine-readable "listening on" line, and killing it on drop.
+//! Must not: talk to anything but 127.0.0.1.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// Path of the `portico` binary built alongside the tests.
+pub fn portico_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("PORTICO_BIN") {
+        return PathBuf::from(p);
+    }
+    // tests/…/deps/<test-binary> → target/<profile>/portico
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("portico")
+}
+
+/// A running `portico` process, killed on drop.
+pub struct Portico {
+    child: Child,
+    pub url: String,
+    pub port: u16,
+    pub kubeconfig: PathBuf,
+    pub data_dir: tempfile::TempDir,
+    /// Every stdout line after the listening line is discarded.
+    _stdout: std::thread::JoinHandle<()>,
+}
+
+impl Portico {
+    /// `portico apiserver --secure-port 0 --data-dir <tmp>` plus `extra` flags.
+    pub fn start(extra: &[&str]) -> Result<Portico> {
+        Self::start_command("apiserver", extra)
+    }
+
+    /// Starts `portico <subcommand> --secure-port 0 --data-dir <tmp> <extra…>`.
+    pub fn start_command(subcommand: &str, extra: &[&str]) -> Result<Portico> {
+        let data_dir = tempfile::tempdir()?;
+        Self::start_in(subcommand, data_dir, extra)
+    }
+
+    /// Starts on an existing data dir (for restart tests).
+    pub fn start_in(subcommand: &str, data_dir: tempfile::TempDir, extra: &[&str]) -> Result<Portico> {
+        let bin = portico_bin();
+        let mut child = Command::new(&bin)
+            .arg(subcommand)
+            .arg("--secure-port")
+            .arg("0")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            for line in lines.by_ref().map_while(|l| l.ok()) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    bail!("portico did not print its listening line within 30s");
+                }
+            };
+            if let Some((url, kubeconfig)) = parse_listening(&line) {
+                let port = url.rsplit(':').next().and_then(|p| p.parse().ok()).context("port in listening line")?;
+                return Ok(Portico { child, url, port, kubeconfig, data_dir, _stdout: reader });
+            }
+        }
+    }
+
+    /// Process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process (SIGKILL) and returns the data dir for a restart.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.data_dir, dir)
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for a clean exit; returns its exit success.
+    pub fn terminate(mut self, timeout: Duration) -> Result<bool> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(st.success());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("portico did not exit within {timeout:?} after SIGTERM")
+    }
+}
+
+/// Parses `portico apiserver listening on https://127.0.0.1:PORT kubeconfig=PATH`.
+pub fn parse_listening(line: &str) -> Option<(String, PathBuf)> {
+    let rest = line.strip_prefix("portico apiserver listening on ")?;
+    let (url, kc) = rest.split_once(" kubeconfig=")?;
+    Some((url.trim().to_string(), PathBuf::from(kc.trim())))
+}
+
+impl Drop for Portico {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Directory holding the versioned kubectl binaries (`kubectl.1.27` … `kubectl.1.33`).
+pub fn kubectl_dir() -> Option<PathBuf> {
+    let which = Command::new("sh").arg("-c").arg("readlink -f \"$(command -v kubectl)\"").output().ok()?;
+    let p = PathBuf::from(String::from_utf8_lossy(&which.stdout).trim());
+    p.parent().map(Path::to_path_buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_line() {
+        let (u, k) = parse_listening("portico apiserver listening on https://127.0.0.1:4431 kubeconfig=/tmp/x/kubeconfig").unwrap();
+        assert_eq!(u, "https://127.0.0.1:4431");
+        assert_eq!(k, PathBuf::from("/tmp/x/kubeconfig"));
+        assert!(parse_listening("something else").is_none());
+    }
+}

@@ -5,13 +5,28 @@
 //! semantics, and the per-kind strategies (Service allocation lives in `service`).
 //! Must not: run controllers or data-plane logic; those talk to it only through the API.
 
+pub mod cli;
+pub mod codec;
+pub mod discovery;
 pub mod error;
+mod fallback;
+mod glue;
+pub mod handlers;
 pub mod hooks;
 pub mod keys;
+pub mod memstore;
+pub mod metrics;
+pub mod object;
 pub mod openapi;
 pub mod patch;
+pub mod pki;
 pub mod protobuf;
+pub mod resources;
+pub mod server;
 pub mod service;
+mod service_fallback;
 pub mod ssa;
 pub mod strict;
 pub mod table;
+pub mod testing;
+pub mod watchcache;
