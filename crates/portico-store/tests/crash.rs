@@ -111,6 +111,10 @@ async fn acknowledged_writes_survive_sigkill() {
             }
         }
         child.wait().unwrap();
+        // The acknowledged writes since the last checkpoint exist only in the write-ahead log
+        // now; reopening must replay it.
+        let wal = std::fs::metadata(dir.path().join("store.redb-wal")).unwrap();
+        assert!(wal.len() > 0, "round {round}: expected records to replay");
 
         let store: Arc<dyn Store> = EmbeddedStore::open(&path).unwrap();
         let current = store.current_revision().await.unwrap();

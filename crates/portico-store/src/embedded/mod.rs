@@ -8,9 +8,11 @@
 //! - `latest`: key → (mod revision, row, create revision) of the live version
 //! - `meta`: `revision` (current), `compacted` (logical), `physical` (log cleaned up to here)
 //!
-//! Durability: every transaction is committed with redb's immediate durability (fsync) before
-//! its caller is answered, so an acknowledged write survives `kill -9`. Concurrent callers share
-//! one commit (group commit), each still getting its own revision.
+//! Durability: each group commit appends its transactions to a write-ahead log beside the
+//! database (`<file>-wal`) and `fdatasync`s it before any caller is answered, so an
+//! acknowledged write survives `kill -9` and power loss; redb itself commits without a sync and
+//! is made durable by a checkpoint every few seconds (see `wal.rs` for why). Concurrent callers
+//! share one commit (group commit), each still getting its own revision.
 //!
 //! Watches: a lagging watcher never blocks the writer. When it falls behind the in-memory
 //! broadcast it silently catches up from the on-disk log; only when the history it needs has
@@ -20,19 +22,22 @@
 //! Must not: know about Kubernetes objects or HTTP.
 
 mod codec;
+mod wal;
 mod watch;
 
 use std::collections::{HashSet, VecDeque};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 
 use self::codec::{EntryOp, LogEntry, decode_entry, encode_entry, pack_history, unpack_history};
+use self::wal::{Wal, WalEntry, encode_compact, encode_txn, wal_path};
 use crate::{
     Compare, Error, Event, EventKind, KeyValue, ListResult, Op, Result, Revision, Store,
     TxnResponse, WatchStream,
@@ -58,8 +63,8 @@ pub struct EmbeddedOptions {
     pub max_batch: usize,
     /// Revisions cleaned per compaction step; steps run between write batches.
     pub compaction_step: u64,
-    /// Sync every commit to disk (the default and the only safe setting). `false` skips the
-    /// fsync: acknowledged writes may be lost on a crash. Only for tests and for benchmarks
+    /// Sync the write-ahead log before answering (the default and the only safe setting).
+    /// `false` skips the fsync: acknowledged writes may be lost on a crash. Only for tests and for benchmarks
     /// that separate storage cost from sync cost.
     pub sync_commits: bool,
     /// redb page cache size in bytes.
@@ -124,7 +129,7 @@ enum Request {
 /// The embedded single-file store. Cheap to share as `Arc<EmbeddedStore>`.
 pub struct EmbeddedStore {
     shared: Arc<Shared>,
-    requests: mpsc::UnboundedSender<Request>,
+    requests: std::sync::mpsc::Sender<Request>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -146,18 +151,23 @@ fn to_rev(value: u64) -> Revision {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database file at `path` with default options.
+    /// Opens (or creates) the database file at `path` with default options. The write-ahead
+    /// log lives beside it as `<path>-wal`.
     pub fn open(path: &Path) -> Result<Arc<Self>> {
         Self::open_with(path, EmbeddedOptions::default())
     }
 
-    /// Opens (or creates) the database file at `path`.
+    /// Opens (or creates) the database file at `path`, applying any write-ahead log records
+    /// the database does not have yet (after a crash or an unclean stop).
     pub fn open_with(path: &Path, options: EmbeddedOptions) -> Result<Arc<Self>> {
         let db = Database::builder()
             .set_cache_size(options.cache_size_bytes)
             .create(path)
             .map_err(internal)?;
         let state = init_tables(&db)?;
+        let (mut wal, entries) = Wal::open(&wal_path(path))?;
+        let state = replay_wal(&db, state, entries)?;
+        wal.reset()?;
         let (sender, _) = broadcast::channel(options.broadcast_capacity.max(1));
         let shared = Arc::new(Shared {
             db,
@@ -168,11 +178,18 @@ impl EmbeddedStore {
                 sender: Some(sender),
             }),
         });
-        let (requests, receiver) = mpsc::unbounded_channel();
-        let writer_shared = shared.clone();
+        let (requests, receiver) = std::sync::mpsc::channel();
+        let writer = Writer {
+            shared: shared.clone(),
+            state,
+            wal,
+            options,
+            poisoned: None,
+            last_checkpoint: Instant::now(),
+        };
         std::thread::Builder::new()
             .name("portico-store-writer".to_string())
-            .spawn(move || run_writer(writer_shared, receiver, state, options))
+            .spawn(move || writer.run(receiver))
             .map_err(internal)?;
         Ok(Arc::new(Self { shared, requests }))
     }
@@ -232,102 +249,225 @@ fn init_tables(db: &Database) -> Result<WriterState> {
     Ok(state)
 }
 
-fn run_writer(
-    shared: Arc<Shared>,
-    mut receiver: mpsc::UnboundedReceiver<Request>,
+/// Applies the logged transactions newer than the database, in one durable commit.
+fn replay_wal(
+    db: &Database,
     mut state: WriterState,
-    options: EmbeddedOptions,
-) {
-    loop {
-        let cleanup_pending = state.physical < state.compacted - 1;
-        let first = if cleanup_pending {
-            match receiver.try_recv() {
-                Ok(request) => Some(request),
-                Err(mpsc::error::TryRecvError::Empty) => None,
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-            }
-        } else {
-            match receiver.blocking_recv() {
-                Some(request) => Some(request),
-                None => break,
-            }
+    entries: Vec<WalEntry>,
+) -> Result<WriterState> {
+    if entries.is_empty() {
+        return Ok(state);
+    }
+    let txn = db.begin_write().map_err(internal)?;
+    {
+        let mut log = txn.open_table(LOG).map_err(internal)?;
+        let mut history = txn.open_table(HISTORY).map_err(internal)?;
+        let mut latest = txn.open_table(LATEST).map_err(internal)?;
+        let mut meta = txn.open_table(META).map_err(internal)?;
+        let mut tables = WriteTables {
+            log: &mut log,
+            history: &mut history,
+            latest: &mut latest,
         };
-        if let Some(first) = first {
-            let mut requests = vec![first];
-            while requests.len() < options.max_batch {
-                match receiver.try_recv() {
-                    Ok(request) => requests.push(request),
-                    Err(_) => break,
+        let mut ignored = Vec::new();
+        for entry in entries {
+            match entry {
+                WalEntry::Txn { revision, ops } => {
+                    if revision <= state.revision {
+                        continue;
+                    }
+                    if revision != state.revision + 1 {
+                        return Err(Error::Internal(format!(
+                            "write-ahead log jumps from revision {} to {revision}",
+                            state.revision
+                        )));
+                    }
+                    apply_txn(&mut tables, &mut state, &[], &ops, &mut ignored)??;
+                    ignored.clear();
+                    if state.revision != revision {
+                        return Err(Error::Internal(format!(
+                            "write-ahead log entry {revision} does not apply to the database"
+                        )));
+                    }
+                }
+                WalEntry::Compact(revision) => {
+                    if revision <= state.revision {
+                        state.compacted = state.compacted.max(revision);
+                    }
                 }
             }
-            commit_batch(&shared, &mut state, requests, &options);
         }
-        if state.physical < state.compacted - 1
-            && let Err(error) = compact_step(&shared.db, &mut state, options.compaction_step)
-        {
-            tracing::warn!(%error, "embedded store compaction step failed");
-            std::thread::sleep(std::time::Duration::from_millis(100));
+        meta.insert(META_REVISION, to_u64(state.revision))
+            .map_err(internal)?;
+        meta.insert(META_COMPACTED, to_u64(state.compacted))
+            .map_err(internal)?;
+    }
+    txn.commit().map_err(internal)?;
+    Ok(state)
+}
+
+/// Checkpoint when the log grows past this size ...
+const CHECKPOINT_BYTES: u64 = 32 << 20;
+/// ... or has held records for this long.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The single writer: owns the log, commits batches, runs compaction steps and checkpoints.
+struct Writer {
+    shared: Arc<Shared>,
+    state: WriterState,
+    wal: Wal,
+    options: EmbeddedOptions,
+    /// Set when a write may have reached the log but not the database (or the other way
+    /// round); from then on every write is refused until the store is reopened.
+    poisoned: Option<String>,
+    last_checkpoint: Instant,
+}
+
+impl Writer {
+    fn run(mut self, receiver: std::sync::mpsc::Receiver<Request>) {
+        use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
+        loop {
+            let cleanup_pending = self.state.physical < self.state.compacted - 1;
+            let first = if cleanup_pending {
+                match receiver.try_recv() {
+                    Ok(request) => Some(request),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => break,
+                }
+            } else if self.wal.len() > 0 {
+                match receiver.recv_timeout(CHECKPOINT_INTERVAL) {
+                    Ok(request) => Some(request),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match receiver.recv() {
+                    Ok(request) => Some(request),
+                    Err(_) => break,
+                }
+            };
+            if let Some(first) = first {
+                let mut requests = vec![first];
+                while requests.len() < self.options.max_batch {
+                    match receiver.try_recv() {
+                        Ok(request) => requests.push(request),
+                        Err(_) => break,
+                    }
+                }
+                self.commit_batch(requests);
+            }
+            if self.poisoned.is_none() && self.state.physical < self.state.compacted - 1 {
+                if let Err(error) = compact_step(
+                    &self.shared.db,
+                    &mut self.state,
+                    self.options.compaction_step,
+                ) {
+                    tracing::warn!(%error, "embedded store compaction step failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            self.maybe_checkpoint();
+        }
+        if self.poisoned.is_none() && self.wal.len() > 0 {
+            // A clean stop leaves nothing to replay.
+            self.checkpoint();
+        }
+        self.shared.hub().sender = None;
+    }
+
+    fn maybe_checkpoint(&mut self) {
+        let due = self.wal.len() >= CHECKPOINT_BYTES
+            || (self.wal.len() > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL);
+        if due && self.poisoned.is_none() {
+            self.checkpoint();
         }
     }
-    shared.hub().sender = None;
+
+    /// A durable redb commit makes every earlier non-durable one durable; then the log can
+    /// start over.
+    fn checkpoint(&mut self) {
+        let result = (|| -> Result<()> {
+            let txn = self.shared.db.begin_write().map_err(internal)?;
+            {
+                let mut meta = txn.open_table(META).map_err(internal)?;
+                meta.insert(META_REVISION, to_u64(self.state.revision))
+                    .map_err(internal)?;
+            }
+            txn.commit().map_err(internal)?;
+            self.wal.reset()
+        })();
+        self.last_checkpoint = Instant::now();
+        if let Err(error) = result {
+            // The log still holds everything; the next checkpoint tries again.
+            tracing::warn!(%error, "embedded store checkpoint failed");
+        }
+    }
+
+    fn commit_batch(&mut self, requests: Vec<Request>) {
+        if let Some(reason) = &self.poisoned {
+            let error = Error::Unavailable(format!("embedded store must be reopened: {reason}"));
+            reply_all(placeholders(requests), &error);
+            return;
+        }
+        let mut outcomes = Vec::with_capacity(requests.len());
+        let mut batches = Vec::new();
+        let mut next_state = self.state;
+        let written = write_batch(
+            &self.shared.db,
+            &mut self.wal,
+            self.options.sync_commits,
+            &mut next_state,
+            requests,
+            &mut outcomes,
+            &mut batches,
+        );
+        match written {
+            Ok(()) => {
+                self.state = next_state;
+                let mut hub = self.shared.hub();
+                hub.revision = self.state.revision;
+                hub.compacted = self.state.compacted;
+                for batch in batches {
+                    if hub.ring.len() >= self.options.ring_capacity.max(1) {
+                        hub.ring.pop_front();
+                    }
+                    hub.ring.push_back(batch.clone());
+                    if let Some(sender) = &hub.sender {
+                        // No receivers is fine: nobody is watching.
+                        let _ = sender.send(batch);
+                    }
+                }
+                drop(hub);
+                for outcome in outcomes {
+                    match outcome {
+                        Outcome::Txn(reply, result) => drop(reply.send(result)),
+                        Outcome::Compact(reply, result) => drop(reply.send(result)),
+                    }
+                }
+            }
+            Err(failure) => {
+                tracing::error!(error = %failure.error, "embedded store commit failed");
+                if failure.poison {
+                    self.poisoned = Some(failure.error.to_string());
+                }
+                reply_all(failure.replies, &failure.error);
+            }
+        }
+    }
+}
+
+fn reply_all(outcomes: Vec<Outcome>, error: &Error) {
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Txn(reply, _) => drop(reply.send(Err(error.clone_error()))),
+            Outcome::Compact(reply, _) => drop(reply.send(Err(error.clone_error()))),
+        }
+    }
 }
 
 enum Outcome {
     Txn(oneshot::Sender<Result<TxnResponse>>, Result<TxnResponse>),
     Compact(oneshot::Sender<Result<()>>, Result<()>),
-}
-
-fn commit_batch(
-    shared: &Shared,
-    state: &mut WriterState,
-    requests: Vec<Request>,
-    options: &EmbeddedOptions,
-) {
-    let mut outcomes = Vec::with_capacity(requests.len());
-    let mut batches = Vec::new();
-    let mut next_state = *state;
-    let written = write_batch(
-        &shared.db,
-        options.sync_commits,
-        &mut next_state,
-        requests,
-        &mut outcomes,
-        &mut batches,
-    );
-    match written {
-        Ok(()) => {
-            *state = next_state;
-            let mut hub = shared.hub();
-            hub.revision = state.revision;
-            hub.compacted = state.compacted;
-            for batch in batches {
-                if hub.ring.len() >= options.ring_capacity.max(1) {
-                    hub.ring.pop_front();
-                }
-                hub.ring.push_back(batch.clone());
-                if let Some(sender) = &hub.sender {
-                    // No receivers is fine: nobody is watching.
-                    let _ = sender.send(batch);
-                }
-            }
-            drop(hub);
-            for outcome in outcomes {
-                match outcome {
-                    Outcome::Txn(reply, result) => drop(reply.send(result)),
-                    Outcome::Compact(reply, result) => drop(reply.send(result)),
-                }
-            }
-        }
-        Err((error, replies)) => {
-            tracing::error!(%error, "embedded store commit failed");
-            for outcome in replies {
-                match outcome {
-                    Outcome::Txn(reply, _) => drop(reply.send(Err(error.clone_error()))),
-                    Outcome::Compact(reply, _) => drop(reply.send(Err(error.clone_error()))),
-                }
-            }
-        }
-    }
 }
 
 impl Error {
@@ -347,24 +487,39 @@ impl Error {
     }
 }
 
-/// Writes all requests in one redb transaction. On failure nothing is written and every
-/// request's reply channel comes back with the error.
+struct BatchFailure {
+    error: Error,
+    replies: Vec<Outcome>,
+    /// The log and the database may disagree: refuse further writes.
+    poison: bool,
+}
+
+/// Applies all requests in one redb transaction, appends their effects to the log (synced),
+/// then commits redb without a sync. On failure nothing is acknowledged.
 fn write_batch(
     db: &Database,
+    wal: &mut Wal,
     sync_commits: bool,
     state: &mut WriterState,
     requests: Vec<Request>,
     outcomes: &mut Vec<Outcome>,
     batches: &mut Vec<Arc<Batch>>,
-) -> std::result::Result<(), (Error, Vec<Outcome>)> {
+) -> std::result::Result<(), BatchFailure> {
+    let fail = |error: Error, replies: Vec<Outcome>, poison: bool| BatchFailure {
+        error,
+        replies,
+        poison,
+    };
     let mut txn = match db.begin_write() {
         Ok(txn) => txn,
-        Err(error) => return Err((internal(error), placeholders(requests))),
+        Err(error) => return Err(fail(internal(error), placeholders(requests), false)),
     };
-    if !sync_commits && let Err(error) = txn.set_durability(redb::Durability::None) {
-        return Err((internal(error), placeholders(requests)));
+    // The log makes the batch durable; the database catches up at the next checkpoint.
+    if let Err(error) = txn.set_durability(redb::Durability::None) {
+        return Err(fail(internal(error), placeholders(requests), false));
     }
     let mut pending = requests.into_iter();
+    let mut record = Vec::new();
     let applied = (|| -> Result<()> {
         let mut log = txn.open_table(LOG).map_err(internal)?;
         let mut history = txn.open_table(HISTORY).map_err(internal)?;
@@ -384,7 +539,11 @@ fn write_batch(
                 } => {
                     // Keep the reply before anything can fail so the caller hears back.
                     outcomes.push(Outcome::Txn(reply, Ok(not_applied(state.revision))));
+                    let before = state.revision;
                     let result = apply_txn(&mut tables, state, &compares, &ops, batches)?;
+                    if state.revision != before {
+                        encode_txn(&mut record, state.revision, &ops);
+                    }
                     if let Some(Outcome::Txn(_, slot)) = outcomes.last_mut() {
                         *slot = result;
                     }
@@ -393,7 +552,10 @@ fn write_batch(
                     let result = if revision > state.revision {
                         Err(Error::FutureRevision(revision))
                     } else {
-                        state.compacted = state.compacted.max(revision);
+                        if revision > state.compacted {
+                            state.compacted = revision;
+                            encode_compact(&mut record, revision);
+                        }
                         Ok(())
                     };
                     outcomes.push(Outcome::Compact(reply, result));
@@ -406,16 +568,29 @@ fn write_batch(
             .map_err(internal)?;
         Ok(())
     })();
-    let committed = applied.and_then(|()| txn.commit().map_err(internal));
-    match committed {
-        Ok(()) => Ok(()),
-        Err(error) => {
-            let mut replies: Vec<Outcome> = std::mem::take(outcomes);
-            replies.extend(placeholders(pending.collect()));
-            batches.clear();
-            Err((error, replies))
-        }
+    let fail_all = |error: Error,
+                    outcomes: &mut Vec<Outcome>,
+                    pending: std::vec::IntoIter<Request>,
+                    batches: &mut Vec<Arc<Batch>>,
+                    poison: bool| {
+        let mut replies: Vec<Outcome> = std::mem::take(outcomes);
+        replies.extend(placeholders(pending.collect()));
+        batches.clear();
+        fail(error, replies, poison)
+    };
+    if let Err(error) = applied {
+        return Err(fail_all(error, outcomes, pending, batches, false));
     }
+    if !record.is_empty()
+        && let Err(error) = wal.append(&record, sync_commits)
+    {
+        // The record may or may not be on disk: replay after a restart decides.
+        return Err(fail_all(error, outcomes, pending, batches, true));
+    }
+    if let Err(error) = txn.commit() {
+        return Err(fail_all(internal(error), outcomes, pending, batches, true));
+    }
+    Ok(())
 }
 
 fn not_applied(revision: Revision) -> TxnResponse {
