@@ -356,15 +356,16 @@ impl Writer {
                 }
                 self.commit_batch(requests);
             }
-            if self.poisoned.is_none() && self.state.physical < self.state.compacted - 1 {
-                if let Err(error) = compact_step(
+            if self.poisoned.is_none()
+                && self.state.physical < self.state.compacted - 1
+                && let Err(error) = compact_step(
                     &self.shared.db,
                     &mut self.state,
                     self.options.compaction_step,
-                ) {
-                    tracing::warn!(%error, "embedded store compaction step failed");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+                )
+            {
+                tracing::warn!(%error, "embedded store compaction step failed");
+                std::thread::sleep(Duration::from_millis(100));
             }
             self.maybe_checkpoint();
         }
