@@ -684,18 +684,19 @@ impl NftBackend {
     /// committed state (every other Service of `plan` must be unchanged since the last
     /// successful sync): the cost is proportional to the change, not to the cluster. The
     /// proxy's change trackers know this set.
-    pub fn sync_changed(
+    pub fn sync_changed<'a>(
         &mut self,
         plan: &Plan,
-        changed: &[ServiceName],
+        changed: impl IntoIterator<Item = &'a ServiceName>,
     ) -> Result<SyncStats, Error> {
-        self.sync_inner(plan, Some(changed))
+        let changed: Vec<&ServiceName> = changed.into_iter().collect();
+        self.sync_inner(plan, Some(&changed))
     }
 
     fn sync_inner(
         &mut self,
         plan: &Plan,
-        hint: Option<&[ServiceName]>,
+        hint: Option<&[&ServiceName]>,
     ) -> Result<SyncStats, Error> {
         let started = Instant::now();
         self.kernel_time = Duration::ZERO;
@@ -786,7 +787,7 @@ impl NftBackend {
     fn sync_incremental(
         &mut self,
         plan: &Plan,
-        hint: Option<&[ServiceName]>,
+        hint: Option<&[&ServiceName]>,
     ) -> Result<(SyncStats, bool), Error> {
         let Some(state) = self.state.as_mut() else {
             return Err(Error::Config("no committed state".into()));

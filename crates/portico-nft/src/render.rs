@@ -71,7 +71,7 @@ pub struct Rendered {
     pub paths: Vec<Vec<(IpAddr, u16)>>,
     /// ClientIP affinity timeout, seconds.
     pub affinity_seconds: Option<u32>,
-    /// Endpoint IPs (for the hairpin set).
+    /// Local endpoint IPs (for the hairpin set).
     pub endpoint_ips: Vec<IpAddr>,
 }
 
@@ -134,11 +134,15 @@ pub fn render(sp: &ServicePortPlan, family: Family) -> Rendered {
     let cluster_eps = endpoints_of(&sp.cluster_endpoints, family);
     let external_eps = endpoints_of(&sp.external_endpoints, family);
     let short_circuit_eps = endpoints_of(&sp.cluster_policy_endpoints, family);
-    let mut ips: Vec<IpAddr> = cluster_eps
+    // Hairpin (a pod reaching itself through its Service) can only happen for a pod of this
+    // node: only local endpoints (or ones without a node name) go into the hairpin set.
+    let mut ips: Vec<IpAddr> = sp
+        .cluster_endpoints
         .iter()
-        .chain(external_eps.iter())
-        .chain(short_circuit_eps.iter())
-        .map(|(ip, _)| *ip)
+        .chain(sp.external_endpoints.iter())
+        .chain(sp.cluster_policy_endpoints.iter())
+        .filter(|e| family_of(&e.ip) == family && (e.is_local || e.node_name.is_none()))
+        .map(|e| e.ip)
         .collect();
     ips.sort();
     ips.dedup();
@@ -276,7 +280,8 @@ pub fn render(sp: &ServicePortPlan, family: Family) -> Rendered {
     r
 }
 
-/// The endpoint a bucket of a slot points to: buckets are filled round-robin.
+/// Random buckets of a slot with `endpoints` endpoints (filled round-robin, so the pick is
+/// exactly uniform up to `MAX_BUCKETS` endpoints).
 pub fn bucket_count(endpoints: usize) -> u32 {
     (endpoints as u32).clamp(1, crate::ruleset::MAX_BUCKETS)
 }
