@@ -615,6 +615,45 @@ mod tests {
         }
     }
 
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .filter_map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+            .collect()
+    }
+
+    /// Bodies captured from kubectl 1.33 (`create service …`, `create ns`) against a stub server.
+    #[test]
+    fn decodes_captured_kubectl_bodies() {
+        let cases: &[(&str, Value)] = &[
+            (
+                "6b3873000a0d0a02763112075365727669636512660a1d0a02783112001a0022002a003200380042005a090a036170701202783112410a1b0a0738302d38303830120354435018502207080010903f1a00280012090a03617070120278311a002209436c757374657249503a00420052005a00600068001a020a001a002200",
+                json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x1", "labels": {"app": "x1"}},
+                       "spec": {"ports": [{"name": "80-8080", "protocol": "TCP", "port": 80, "targetPort": 8080}], "selector": {"app": "x1"}, "type": "ClusterIP"},
+                       "status": {"loadBalancer": {}}}),
+            ),
+            (
+                "6b3873000a0d0a027631120753657276696365127d0a2d0a0a782d6e6f6465706f727412001a0022002a003200380042005a110a03617070120a782d6e6f6465706f727412480a1b0a0738302d38303830120354435018502207080010903f1a00280012110a03617070120a782d6e6f6465706f72741a0022084e6f6465506f72743a00420052005a00600068001a020a001a002200",
+                json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x-nodeport", "labels": {"app": "x-nodeport"}},
+                       "spec": {"ports": [{"name": "80-8080", "protocol": "TCP", "port": 80, "targetPort": 8080}], "selector": {"app": "x-nodeport"}, "type": "NodePort"},
+                       "status": {"loadBalancer": {}}}),
+            ),
+            (
+                "6b3873000a0d0a027631120753657276696365125d0a210a04782d656e12001a0022002a003200380042005a0b0a036170701204782d656e1234120b0a036170701204782d656e1a00220c45787465726e616c4e616d653a004200520b6578616d706c652e636f6d5a00600068001a020a001a002200",
+                json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x-en", "labels": {"app": "x-en"}},
+                       "spec": {"selector": {"app": "x-en"}, "type": "ExternalName", "externalName": "example.com"},
+                       "status": {"loadBalancer": {}}}),
+            ),
+            (
+                "6b3873000a0f0a02763112094e616d657370616365121e0a160a067465616d2d6112001a0022002a0032003800420012001a020a001a002200",
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}, "spec": {}, "status": {}}),
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(&decode(&hex(body)).expect("decode"), want);
+        }
+    }
+
     proptest! {
         #[test]
         fn random_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
