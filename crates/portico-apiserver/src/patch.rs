@@ -226,17 +226,29 @@ fn values_equal(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// Drops `$patch`, `$retainKeys`, `$setElementOrder/…` and `$deleteFromPrimitiveList/…` keys from
-/// a value copied from the patch into a place where nothing was before.
+/// Cleans a value copied from the patch into a place where nothing was before: nulls and
+/// directive keys (`$patch`, `$retainKeys`, `$setElementOrder/…`, `$deleteFromPrimitiveList/…`)
+/// go, list elements that only carry `$patch` directives (delete or replace markers) go, and a
+/// map marked `$patch: delete` becomes empty.
 fn remove_directives(v: Value) -> Value {
     match v {
-        Value::Object(m) => Value::Object(
-            m.into_iter()
-                .filter(|(k, v)| !k.starts_with('$') && !v.is_null())
-                .map(|(k, v)| (k, remove_directives(v)))
+        Value::Object(m) => {
+            if m.get(DIRECTIVE).and_then(Value::as_str) == Some("delete") {
+                return Value::Object(Map::new());
+            }
+            Value::Object(
+                m.into_iter()
+                    .filter(|(k, v)| !k.starts_with('$') && !v.is_null())
+                    .map(|(k, v)| (k, remove_directives(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(
+            a.into_iter()
+                .filter(|e| e.get(DIRECTIVE).is_none())
+                .map(remove_directives)
                 .collect(),
         ),
-        Value::Array(a) => Value::Array(a.into_iter().map(remove_directives).collect()),
         other => other,
     }
 }
@@ -1018,6 +1030,26 @@ mod tests {
         assert_eq!(e.message, "unknown patch type: frob in map: map[]");
         assert_eq!(smp_err("Service", svc.clone(), "{").code, 400);
         assert_eq!(smp_err("Service", svc, "[1]").code, 400);
+    }
+
+    #[test]
+    fn directives_in_new_values_are_dropped() {
+        assert_eq!(
+            smp(
+                "Service",
+                json!({"spec": {}}),
+                json!({"spec": {"ports": [{"port": 80}, {"$patch": "delete", "port": 443}]}})
+            ),
+            json!({"spec": {"ports": [{"port": 80}]}})
+        );
+        assert_eq!(
+            smp(
+                "Service",
+                json!({"metadata": {}}),
+                json!({"metadata": {"labels": {"$patch": "replace", "a": "b"}}})
+            ),
+            json!({"metadata": {"labels": {"a": "b"}}})
+        );
     }
 
     #[test]

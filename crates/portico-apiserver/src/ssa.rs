@@ -588,6 +588,20 @@ pub fn apply(
     let live_obj = live.unwrap_or(&empty);
     let mut entries = read_entries(live);
     let api_version = api_version_of(kind, applied);
+    if let Some(live) = live
+        && entries.is_empty()
+    {
+        // Upstream: an object without managedFields is owned as a whole by "before-first-apply".
+        let set: Set = object_fields(kind, live, None, false).into_keys().collect();
+        entries.push(Entry {
+            manager: "before-first-apply".into(),
+            operation: "Update".into(),
+            api_version: api_version_of(kind, live),
+            time: None,
+            subresource: String::new(),
+            set,
+        });
+    }
 
     let mut merged = merge(live_obj, applied, ty);
     let config_set: Set = object_fields(kind, applied, None, false)
@@ -1061,6 +1075,38 @@ mod tests {
             managed(&unlabelled)
                 .iter()
                 .all(|e| e["manager"] != "kubectl-label")
+        );
+    }
+
+    #[test]
+    fn objects_without_managed_fields_belong_to_before_first_apply() {
+        let live = svc(json!([{"port": 80, "protocol": "TCP", "targetPort": 8080}]));
+        let err = apply(
+            "Service",
+            Some(&live),
+            &svc(json!([{"port": 80, "targetPort": 1}])),
+            "kubectl",
+            false,
+            T1,
+        )
+        .expect_err("conflict");
+        assert_eq!(
+            err.message,
+            r#"Apply failed with 1 conflict: conflict with "before-first-apply" using v1: .spec.ports[port=80,protocol="TCP"].targetPort"#
+        );
+        let ok = apply(
+            "Service",
+            Some(&live),
+            &svc(json!([{"port": 80, "targetPort": 8080}])),
+            "kubectl",
+            false,
+            T1,
+        )
+        .expect("same values");
+        let managers: Vec<Value> = managed(&ok).iter().map(|e| e["manager"].clone()).collect();
+        assert_eq!(
+            managers,
+            vec![json!("kubectl"), json!("before-first-apply")]
         );
     }
 

@@ -417,11 +417,22 @@ fn full_definition(short: &str) -> String {
 
 /// Extensions of `definition.property`, if any.
 pub fn field_ext(definition: &str, property: &str) -> Option<&'static FieldExt> {
-    EXTENSIONS
-        .iter()
-        .find(|(d, p, _)| *p == property && full_definition(d) == definition)
-        .map(|(_, _, e)| e)
+    EXTENSION_INDEX.get(definition)?.get(property).copied()
 }
+
+/// [`EXTENSIONS`] by full definition name, then property (walkers look fields up constantly).
+static EXTENSION_INDEX: LazyLock<BTreeMap<String, BTreeMap<&'static str, &'static FieldExt>>> =
+    LazyLock::new(|| {
+        let mut index: BTreeMap<String, BTreeMap<&'static str, &'static FieldExt>> =
+            BTreeMap::new();
+        for (def, prop, e) in EXTENSIONS {
+            index
+                .entry(full_definition(def))
+                .or_default()
+                .insert(prop, e);
+        }
+        index
+    });
 
 /// All schemas, with the Kubernetes extensions applied. Keys are definition names.
 pub static SCHEMAS: LazyLock<BTreeMap<String, Value>> = LazyLock::new(build_schemas);
