@@ -104,6 +104,8 @@ fn open(path: &Path) -> Arc<dyn Store> {
         ring_capacity: 4,
         broadcast_capacity: 2,
         compaction_step: 3,
+        // Every reopen replays the write-ahead log, as after a crash.
+        checkpoint_on_close: false,
         ..EmbeddedOptions::default()
     };
     for _ in 0..250 {
@@ -118,8 +120,9 @@ fn open(path: &Path) -> Arc<dyn Store> {
 
 async fn run(actions: Vec<Action>) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("model.redb");
+    let mut path = dir.path().join("model-0.redb");
     let mut store = open(&path);
+    let mut generation = 0;
     let mut model = Model::new();
     for action in actions {
         match action {
@@ -130,7 +133,13 @@ async fn run(actions: Vec<Action>) {
                 model.compacted = model.compacted.max(at);
             }
             Action::Reopen => {
+                // Copy the files while the store is still running: what is on disk now is
+                // what a `kill -9` would leave. Opening the copy replays the write-ahead log.
+                generation += 1;
+                let copy = dir.path().join(format!("model-{generation}.redb"));
+                crash_copy(&path, &copy);
                 drop(store);
+                path = copy;
                 store = open(&path);
             }
             Action::Check {
@@ -162,6 +171,16 @@ async fn run(actions: Vec<Action>) {
     drop(store);
     let store = open(&path);
     check(&store, &model, None, 0, model.pick(0)).await;
+}
+
+fn crash_copy(from: &Path, to: &Path) {
+    std::fs::copy(from, to).unwrap();
+    let wal = |path: &Path| {
+        let mut name = path.as_os_str().to_owned();
+        name.push("-wal");
+        std::path::PathBuf::from(name)
+    };
+    std::fs::copy(wal(from), wal(to)).unwrap();
 }
 
 async fn apply_txn(
@@ -316,7 +335,7 @@ async fn check(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     #[test]
     fn embedded_store_agrees_with_model(actions in prop::collection::vec(action(), 1..60)) {

@@ -67,6 +67,10 @@ pub struct EmbeddedOptions {
     /// `false` skips the fsync: acknowledged writes may be lost on a crash. Only for tests and for benchmarks
     /// that separate storage cost from sync cost.
     pub sync_commits: bool,
+    /// Checkpoint when the store shuts down cleanly (default). Tests turn it off so that
+    /// reopening goes through write-ahead log replay, as after a crash.
+    #[doc(hidden)]
+    pub checkpoint_on_close: bool,
     /// redb page cache size in bytes.
     pub cache_size_bytes: usize,
 }
@@ -79,6 +83,7 @@ impl Default for EmbeddedOptions {
             max_batch: 1024,
             compaction_step: 512,
             sync_commits: true,
+            checkpoint_on_close: true,
             cache_size_bytes: 256 << 20,
         }
     }
@@ -369,7 +374,7 @@ impl Writer {
             }
             self.maybe_checkpoint();
         }
-        if self.poisoned.is_none() && self.wal.len() > 0 {
+        if self.options.checkpoint_on_close && self.poisoned.is_none() && self.wal.len() > 0 {
             // A clean stop leaves nothing to replay.
             self.checkpoint();
         }
