@@ -925,6 +925,105 @@ async fn two_api_servers_never_hand_out_the_same_ip_or_port() {
     );
     assert_eq!(keys_under(&*store, keys::NODE_PORT_PREFIX).await.len(), 24);
     assert!(a.resync().await.expect("resync").findings.is_empty());
+    // Each server learnt the other's allocations from its watch.
+    for _ in 0..50 {
+        if a.free_counts() == b.free_counts() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(a.free_counts(), b.free_counts());
+    assert_eq!(a.free_counts(), (29 - 24, 40 - 24));
+}
+
+#[tokio::test]
+async fn dual_stack_allocation_and_downgrade() {
+    let (_d, store) = embedded();
+    let c = ServiceConfig {
+        cluster_ip_ranges: vec![
+            "10.96.0.0/24".parse().expect("v4"),
+            "fd00::/112".parse().expect("v6"),
+        ],
+        node_port_range: 30000..=32767,
+    };
+    let hooks = ServiceHooks::new(store.clone(), c);
+    hooks.start().await.expect("start");
+    let svc = create_as(
+        &*hooks,
+        &*store,
+        "dual",
+        json!({"ipFamilyPolicy": "RequireDualStack", "ports": [{"port": 80}]}),
+        false,
+    )
+    .await
+    .expect("create");
+    assert_eq!(svc["spec"]["ipFamilies"], json!(["IPv4", "IPv6"]));
+    let ips = svc["spec"]["clusterIPs"].as_array().expect("ips").clone();
+    assert_eq!(ips.len(), 2);
+    assert!(ips[1].as_str().expect("v6").contains(':'));
+    assert_eq!(
+        keys_under(&*store, &keys::list_prefix("ipaddresses", None))
+            .await
+            .len(),
+        2
+    );
+
+    // Dropping the secondary needs SingleStack.
+    let e = update_as(&*hooks, &*store, "dual", |v| {
+        v["spec"]["clusterIPs"] = json!([ips[0].clone()]);
+        v["spec"]["ipFamilies"] = json!(["IPv4"]);
+    })
+    .await
+    .expect_err("needs SingleStack");
+    assert_eq!(e.code, 422);
+    let down = update_as(&*hooks, &*store, "dual", |v| {
+        v["spec"]["ipFamilyPolicy"] = json!("SingleStack")
+    })
+    .await
+    .expect("downgrade");
+    assert_eq!(down["spec"]["clusterIPs"], json!([ips[0].clone()]));
+    assert_eq!(down["spec"]["ipFamilies"], json!(["IPv4"]));
+    assert_eq!(
+        keys_under(&*store, &keys::list_prefix("ipaddresses", None))
+            .await
+            .len(),
+        1
+    );
+
+    // Upgrading again allocates a new secondary.
+    let up = update_as(&*hooks, &*store, "dual", |v| {
+        v["spec"]["ipFamilyPolicy"] = json!("PreferDualStack")
+    })
+    .await
+    .expect("upgrade");
+    assert_eq!(
+        up["spec"]["clusterIPs"].as_array().map(|a| a.len()),
+        Some(2)
+    );
+    assert_eq!(
+        keys_under(&*store, &keys::list_prefix("ipaddresses", None))
+            .await
+            .len(),
+        2
+    );
+
+    // A single-stack cluster refuses RequireDualStack.
+    let (_d2, store2) = embedded();
+    let single = ServiceHooks::new(store2.clone(), cfg("10.96.0.0/24", 30000..=32767));
+    single.start().await.expect("start");
+    let e = create_as(
+        &*single,
+        &*store2,
+        "dual",
+        json!({"ipFamilyPolicy": "RequireDualStack", "ports": [{"port": 80}]}),
+        false,
+    )
+    .await
+    .expect_err("single-stack");
+    assert_eq!(
+        e.message,
+        "Service \"dual\" is invalid: spec.ipFamilyPolicy: Invalid value: \"RequireDualStack\": this cluster is not configured for dual-stack services"
+    );
 }
 
 // ---- property: random create / update / type change / delete never double-allocate or leak ----

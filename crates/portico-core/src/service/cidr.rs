@@ -220,3 +220,115 @@ pub fn validate_ip_address_update(new: &IPAddress, old: &IPAddress) -> Vec<Field
     }
     errs
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn sc(cidrs: serde_json::Value) -> ServiceCIDR {
+        serde_json::from_value(json!({"metadata": {"name": "extra"}, "spec": {"cidrs": cidrs}}))
+            .expect("decodes")
+    }
+
+    fn msgs(errs: Vec<FieldError>) -> Vec<String> {
+        errs.iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn service_cidr_rules() {
+        assert!(validate_service_cidr(&sc(json!(["10.0.0.0/16", "fd00::/64"]))).is_empty());
+        assert_eq!(
+            msgs(validate_service_cidr(&sc(json!([])))),
+            vec!["spec.cidrs: Required value: at least one CIDR required"]
+        );
+        assert_eq!(
+            msgs(validate_service_cidr(&sc(json!(["10.0.0.0/33"])))),
+            vec![
+                "spec.cidrs[0]: Invalid value: \"10.0.0.0/33\": must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"
+            ]
+        );
+        assert_eq!(
+            msgs(validate_service_cidr(&sc(json!(["10.0.0.1/16"])))),
+            vec![
+                "spec.cidrs[0]: Invalid value: \"10.0.0.1/16\": must be a CIDR value that identifies a network, (e.g. 10.0.0.0/16)"
+            ]
+        );
+        assert_eq!(
+            msgs(validate_service_cidr(&sc(json!([
+                "10.0.0.0/16",
+                "10.1.0.0/16"
+            ])))),
+            vec![
+                "spec.cidrs: Invalid value: []string{\"10.0.0.0/16\", \"10.1.0.0/16\"}: may specify no more than one IP for each IP family, i.e 192.168.0.0/24 and 2001:db8::/64"
+            ]
+        );
+        assert_eq!(
+            msgs(validate_service_cidr(&sc(json!([
+                "10.0.0.0/16",
+                "fd00::/64",
+                "10.1.0.0/16"
+            ])))),
+            vec![
+                "spec.cidrs: Invalid value: []string{\"10.0.0.0/16\", \"fd00::/64\", \"10.1.0.0/16\"}: may only hold up to 2 values"
+            ]
+        );
+        let old = sc(json!(["10.0.0.0/16"]));
+        assert!(
+            validate_service_cidr_update(&sc(json!(["10.0.0.0/16", "fd00::/64"])), &old).is_empty()
+        );
+        assert_eq!(
+            msgs(validate_service_cidr_update(
+                &sc(json!(["10.1.0.0/16"])),
+                &old
+            )),
+            vec!["spec.cidrs: Invalid value: []string{\"10.1.0.0/16\"}: field is immutable"]
+        );
+    }
+
+    #[test]
+    fn ip_address_rules() {
+        let ip = |name: &str, parent: serde_json::Value| -> IPAddress {
+            serde_json::from_value(
+                json!({"metadata": {"name": name}, "spec": {"parentRef": parent}}),
+            )
+            .expect("decodes")
+        };
+        let parent =
+            json!({"group": "", "resource": "services", "namespace": "default", "name": "web"});
+        assert!(validate_ip_address(&ip("10.0.0.1", parent.clone())).is_empty());
+        assert!(validate_ip_address(&ip("2001:db8::1", parent.clone())).is_empty());
+        assert_eq!(
+            msgs(validate_ip_address(&ip("2001:db8:0::1", parent.clone()))),
+            vec![
+                "metadata.name: Invalid value: \"2001:db8:0::1\": must be in canonical form (\"2001:db8::1\")"
+            ]
+        );
+        assert_eq!(
+            msgs(validate_ip_address(&ip("web", parent.clone()))),
+            vec![
+                "metadata.name: Invalid value: \"web\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"
+            ]
+        );
+        assert_eq!(
+            msgs(validate_ip_address(&ip(
+                "10.0.0.1",
+                json!({"resource": "", "name": ""})
+            ))),
+            vec![
+                "spec.parentRef.resource: Required value",
+                "spec.parentRef.name: Required value"
+            ]
+        );
+        let old = ip("10.0.0.1", parent);
+        let new = ip(
+            "10.0.0.1",
+            json!({"group": "", "resource": "services", "namespace": "default", "name": "other"}),
+        );
+        assert_eq!(
+            msgs(validate_ip_address_update(&new, &old)),
+            vec!["spec.parentRef: Invalid value: {...}: field is immutable"]
+        );
+    }
+}
