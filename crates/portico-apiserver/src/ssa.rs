@@ -753,29 +753,74 @@ fn merge(live: &Value, config: &Value, ty: Ty) -> Value {
         }
         (Ty::List(elem, ext), Value::Array(l), Value::Array(c)) => match list_kind(ext) {
             ListKind::Atomic => config.clone(),
-            ListKind::Set => {
-                let mut out = l.clone();
-                for v in c {
-                    if !out.contains(v) {
-                        out.push(v.clone());
-                    }
-                }
-                Value::Array(out)
-            }
-            ListKind::Map(keys) => {
-                let mut out = l.clone();
-                for cv in c {
-                    let k = item_key(cv, &keys);
-                    match out.iter().position(|lv| item_key(lv, &keys) == k) {
-                        Some(i) => out[i] = merge(&out[i], cv, elem_ty(elem)),
-                        None => out.push(cv.clone()),
-                    }
-                }
-                Value::Array(out)
-            }
+            ListKind::Set => Value::Array(merge_in_order(l, c, canonical, |_, cv| cv.clone())),
+            ListKind::Map(keys) => Value::Array(merge_in_order(
+                l,
+                c,
+                |v| item_key(v, &keys),
+                |lv, cv| match lv {
+                    Some(lv) => merge(lv, cv, elem_ty(elem)),
+                    None => cv.clone(),
+                },
+            )),
         },
         _ => config.clone(),
     }
+}
+
+/// Merges two associative lists the way structured-merge-diff orders them: live items keep
+/// their place, applied items follow the applied order, shared items appear in applied order.
+fn merge_in_order(
+    live: &[Value],
+    config: &[Value],
+    key: impl Fn(&Value) -> String,
+    merge_item: impl Fn(Option<&Value>, &Value) -> Value,
+) -> Vec<Value> {
+    let lkeys: Vec<String> = live.iter().map(&key).collect();
+    let rkeys: Vec<String> = config.iter().map(&key).collect();
+    let in_live = |k: &String| lkeys.iter().position(|x| x == k);
+    let in_config = |k: &String| rkeys.contains(k);
+    let mut shared = rkeys
+        .iter()
+        .filter(|k| in_live(k).is_some())
+        .cloned()
+        .collect::<Vec<_>>()
+        .into_iter();
+    let mut next_shared = shared.next();
+    let mut out = Vec::with_capacity(live.len().max(config.len()));
+    let (mut li, mut ri) = (0, 0);
+    while li < live.len() || ri < config.len() {
+        if li < live.len() && ri < config.len() {
+            if lkeys[li] == rkeys[ri] {
+                out.push(merge_item(Some(&live[li]), &config[ri]));
+                li += 1;
+                ri += 1;
+                next_shared = shared.next();
+                continue;
+            }
+            if in_config(&lkeys[li]) && next_shared.as_ref().is_some_and(|n| *n != lkeys[li]) {
+                li += 1;
+                continue;
+            }
+        }
+        if li < live.len() && !in_config(&lkeys[li]) {
+            out.push(live[li].clone());
+            li += 1;
+            continue;
+        }
+        if ri < config.len() {
+            let lv = in_live(&rkeys[ri]).map(|i| &live[i]);
+            out.push(merge_item(lv, &config[ri]));
+            if next_shared.as_ref() == Some(&rkeys[ri]) {
+                next_shared = shared.next();
+            }
+            ri += 1;
+            continue;
+        }
+        // Only shared live items already emitted remain.
+        li += 1;
+    }
+    out
 }
 
 /// Removes the field or list item at `path` from an object.
@@ -1108,6 +1153,22 @@ mod tests {
             managers,
             vec![json!("kubectl"), json!("before-first-apply")]
         );
+    }
+
+    #[test]
+    fn list_merge_order() {
+        let v = |xs: &[i64]| xs.iter().map(|x| json!({"port": x})).collect::<Vec<_>>();
+        let m = |l: &[i64], c: &[i64]| {
+            merge_in_order(&v(l), &v(c), |x| x["port"].to_string(), |_, c| c.clone())
+                .iter()
+                .map(|x| x["port"].as_i64().unwrap_or(0))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(m(&[1, 2], &[2, 3]), vec![1, 2, 3]);
+        assert_eq!(m(&[2, 1], &[1, 2]), vec![1, 2]);
+        assert_eq!(m(&[1, 9, 2], &[2, 1]), vec![9, 2, 1]);
+        assert_eq!(m(&[], &[3, 1]), vec![3, 1]);
+        assert_eq!(m(&[5], &[]), vec![5]);
     }
 
     #[test]
