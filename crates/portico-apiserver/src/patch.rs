@@ -696,6 +696,34 @@ mod tests {
         apply_patch(kind, PatchType::Strategic, &original, patch.as_bytes()).expect_err(patch)
     }
 
+    proptest::proptest! {
+        #[test]
+        fn random_patches_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let svc = json!({"metadata": {"name": "a", "finalizers": ["x"]}, "spec": {"ports": [{"port": 80}]}});
+            for t in [PatchType::Json, PatchType::Merge, PatchType::Strategic] {
+                let _ = apply_patch("Service", t, &svc, &body);
+            }
+        }
+
+        #[test]
+        fn random_strategic_patches_never_panic(
+            key in proptest::sample::select(vec!["ports", "$setElementOrder/ports", "$deleteFromPrimitiveList/ports", "$retainKeys", "$patch", "selector"]),
+            port in 0i64..3,
+            directive in proptest::sample::select(vec!["delete", "replace", "merge", "x"]),
+        ) {
+            let svc = json!({"spec": {"ports": [{"port": 1}, {"port": 2, "name": "b"}], "selector": {"a": "b"}}});
+            let variants = [
+                json!({"spec": {key: [{"port": port}, {"$patch": directive, "port": port}]}}),
+                json!({"spec": {key: directive}}),
+                json!({"spec": {key: [port, null, "s"]}}),
+                json!({"spec": {key: {"port": port}}}),
+            ];
+            for v in variants {
+                let _ = apply_patch("Service", PatchType::Strategic, &svc, v.to_string().as_bytes());
+            }
+        }
+    }
+
     #[test]
     fn content_types() {
         assert_eq!(

@@ -6,8 +6,7 @@
 //! non-apply writers change (operation `Update`). Must not: default, validate or store objects.
 //!
 //! Simplifications against upstream: no version conversion (one version per kind), no cap on
-//! the number of `Update` managers, managedFields sent by clients on updates are ignored, and
-//! merged list-map items keep the live order with new items appended.
+//! the number of `Update` managers, and managedFields sent by clients on updates are ignored.
 
 use crate::error::{ApiError, Resource};
 use crate::openapi::{self, Elem, FieldExt, ShapeRef};

@@ -279,6 +279,14 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn random_bodies_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = unknown_fields("Service", &body);
+            let _ = unknown_fields("Pod", &[b"{\"spec\":".as_slice(), &body].concat());
+        }
+    }
+
     #[test]
     fn malformed_bodies() {
         assert!(unknown_fields("Service", b"{\"a\":").is_err());
