@@ -100,6 +100,8 @@ pub(crate) struct Shared {
     pub state: Mutex<AllocState>,
     pub synced: OnceCell<()>,
     pub report: Mutex<RepairReport>,
+    /// Set once the watches run, so a second `start` does not add more.
+    pub watching: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -136,6 +138,7 @@ impl ServiceHooks {
                 state: Mutex::new(state),
                 synced: OnceCell::new(),
                 report: Mutex::new(RepairReport::default()),
+                watching: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -145,7 +148,13 @@ impl ServiceHooks {
     /// repair found, so the caller can emit Events.
     pub async fn start(&self) -> Result<RepairReport, ApiError> {
         self.shared.ensure_synced().await?;
-        sync::spawn_watches(&self.shared);
+        if !self
+            .shared
+            .watching
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            sync::spawn_watches(&self.shared);
+        }
         Ok(self.last_repair())
     }
 
