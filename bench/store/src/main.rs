@@ -36,6 +36,9 @@ struct Args {
     /// Which backends to run, comma separated: embedded, etcd.
     #[arg(long, value_delimiter = ',', default_value = "embedded,etcd")]
     backends: Vec<String>,
+    /// Rounds; each round measures every backend at every concurrency, alternating.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// gRPC connections to etcd, shared round-robin by the writers.
     #[arg(long, default_value_t = 8)]
     etcd_connections: usize,
@@ -106,44 +109,57 @@ async fn measure(
     })
 }
 
-async fn run_all(
+/// One warm-up second, then the measured run.
+async fn run_one(
     stores: &[Arc<dyn Store>],
     label: &str,
+    concurrency: usize,
     args: &Args,
     value: &Bytes,
-) -> Result<Vec<Measurement>> {
-    let mut results = Vec::new();
-    for &concurrency in &args.concurrency {
-        let concurrency = concurrency.max(1);
-        // Warm-up: connections, caches, file growth.
-        measure(
-            stores,
-            &format!("{label}-warm"),
-            concurrency,
-            Duration::from_secs(1),
-            args.max_ops,
-            value.clone(),
-        )
-        .await?;
-        let result = measure(
-            stores,
-            label,
-            concurrency,
-            Duration::from_secs(args.seconds),
-            args.max_ops,
-            value.clone(),
-        )
-        .await?;
-        eprintln!(
-            "{label} c={concurrency}: {} creates, {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
-            result.ops,
-            result.rate,
-            ms(result.p50),
-            ms(result.p99)
-        );
-        results.push(result);
+    round: usize,
+) -> Result<Measurement> {
+    let warm = format!("{label}-warm-r{round}");
+    measure(
+        stores,
+        &warm,
+        concurrency,
+        Duration::from_secs(1),
+        args.max_ops,
+        value.clone(),
+    )
+    .await?;
+    let result = measure(
+        stores,
+        &format!("{label}-r{round}"),
+        concurrency,
+        Duration::from_secs(args.seconds),
+        args.max_ops,
+        value.clone(),
+    )
+    .await?;
+    eprintln!(
+        "round {round} {label} c={concurrency}: {} creates, {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+        result.ops,
+        result.rate,
+        ms(result.p50),
+        ms(result.p99)
+    );
+    Ok(result)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
     }
-    Ok(results)
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".to_string())
 }
 
 fn ms(duration: Duration) -> f64 {
@@ -157,66 +173,107 @@ async fn main() -> Result<()> {
     let value = Bytes::from(vec![b'v'; args.value_bytes]);
 
     let wants = |name: &str| args.backends.iter().any(|backend| backend == name);
-    let mut embedded_results = Vec::new();
+
+    // Every backend is set up first; then the runs alternate, so that a noisy neighbour on the
+    // shared disk hits both sides alike.
+    let mut backends: Vec<(&str, Vec<Arc<dyn Store>>)> = Vec::new();
+    let embedded_dir = tempfile::Builder::new()
+        .prefix("portico-bench-store-")
+        .tempdir_in(&parent)
+        .context("embedded data dir")?;
     if wants("embedded") {
-        let embedded_dir = tempfile::Builder::new()
-            .prefix("portico-bench-store-")
-            .tempdir_in(&parent)
-            .context("embedded data dir")?;
-        let embedded = EmbeddedStore::open(&embedded_dir.path().join("store.redb"))?;
-        embedded_results =
-            run_all(&[embedded as Arc<dyn Store>], "embedded", &args, &value).await?;
+        let store = EmbeddedStore::open(&embedded_dir.path().join("store.redb"))?;
+        backends.push(("embedded", vec![store as Arc<dyn Store>]));
     }
     if wants("embedded-nosync") {
         // Storage cost without the fsync, to separate the two (not a safe configuration).
-        let dir = tempfile::Builder::new()
-            .prefix("portico-bench-store-nosync-")
-            .tempdir_in(&parent)?;
         let options = EmbeddedOptions {
             sync_commits: false,
             ..EmbeddedOptions::default()
         };
-        let store = EmbeddedStore::open_with(&dir.path().join("store.redb"), options)?;
-        run_all(&[store as Arc<dyn Store>], "embedded-nosync", &args, &value).await?;
+        let store = EmbeddedStore::open_with(&embedded_dir.path().join("nosync.redb"), options)?;
+        backends.push(("embedded-nosync", vec![store as Arc<dyn Store>]));
     }
-    let mut etcd_results = Vec::new();
-    if wants("etcd") {
-        let etcd = EtcdProcess::try_start_in(&parent)
-            .context("start etcd (apt-get install etcd-server)")?;
-        let mut etcd_stores: Vec<Arc<dyn Store>> = Vec::new();
+    let etcd = if wants("etcd") {
+        Some(
+            EtcdProcess::try_start_in(&parent)
+                .context("start etcd (apt-get install etcd-server)")?,
+        )
+    } else {
+        None
+    };
+    if let Some(etcd) = &etcd {
+        let mut stores: Vec<Arc<dyn Store>> = Vec::new();
         for _ in 0..args.etcd_connections.max(1) {
-            etcd_stores.push(EtcdStore::connect(&etcd.endpoints(), "").await?);
+            stores.push(EtcdStore::connect(&etcd.endpoints(), "").await?);
         }
-        etcd_results = run_all(&etcd_stores, "etcd", &args, &value).await?;
+        backends.push(("etcd", stores));
     }
 
+    let load_before = load_average();
+    // results[backend][concurrency] = one measurement per round.
+    let mut results = vec![vec![Vec::new(); args.concurrency.len()]; backends.len()];
+    for round in 0..args.rounds.max(1) {
+        for (index, &concurrency) in args.concurrency.iter().enumerate() {
+            for (backend, (label, stores)) in backends.iter().enumerate() {
+                let measured =
+                    run_one(stores, label, concurrency.max(1), &args, &value, round).await?;
+                results[backend][index].push(measured);
+            }
+        }
+    }
+    let load_after = load_average();
+    drop(etcd);
+
     println!(
-        "Creates (compare absent + put) of {} B values, {} s per row, data on {}",
+        "Creates (compare absent, then put) of {} B values; {} round(s) of {} s per cell, medians; \
+         data on {}; 1-min load average {load_before} before, {load_after} after.",
         args.value_bytes,
+        args.rounds.max(1),
         args.seconds,
         parent.display()
     );
     println!();
-    println!(
-        "| concurrency | embedded creates/s | embedded p50 / p99 ms | etcd 3.4 puts/s | etcd p50 / p99 ms | ratio ours/etcd |"
-    );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
-    for ((concurrency, ours), theirs) in args
-        .concurrency
-        .iter()
-        .zip(&embedded_results)
-        .zip(&etcd_results)
-    {
-        println!(
-            "| {concurrency} | {:.0} | {:.2} / {:.2} | {:.0} | {:.2} / {:.2} | {:.2} |",
-            ours.rate,
-            ms(ours.p50),
-            ms(ours.p99),
-            theirs.rate,
-            ms(theirs.p50),
-            ms(theirs.p99),
-            ours.rate / theirs.rate.max(f64::MIN_POSITIVE)
-        );
+    let mut header = "| concurrency |".to_string();
+    let mut rule = "| ---: |".to_string();
+    for (label, _) in &backends {
+        header.push_str(&format!(" {label} creates/s | {label} p50 / p99 ms |"));
+        rule.push_str(" ---: | ---: |");
+    }
+    let etcd_index = backends.iter().position(|(label, _)| *label == "etcd");
+    let embedded_index = backends.iter().position(|(label, _)| *label == "embedded");
+    let ratio = etcd_index.zip(embedded_index);
+    if ratio.is_some() {
+        header.push_str(" ratio embedded/etcd (per round) |");
+        rule.push_str(" ---: |");
+    }
+    println!("{header}");
+    println!("{rule}");
+    for (index, concurrency) in args.concurrency.iter().enumerate() {
+        let mut row = format!("| {concurrency} |");
+        for cells in &results {
+            let runs = &cells[index];
+            let rate = median(runs.iter().map(|m| m.rate).collect());
+            let p50 = median(runs.iter().map(|m| ms(m.p50)).collect());
+            let p99 = median(runs.iter().map(|m| ms(m.p99)).collect());
+            row.push_str(&format!(" {rate:.0} | {p50:.2} / {p99:.2} |"));
+        }
+        if let Some((etcd, embedded)) = ratio {
+            let ours = &results[embedded][index];
+            let theirs = &results[etcd][index];
+            let per_round: Vec<f64> = ours
+                .iter()
+                .zip(theirs)
+                .map(|(o, t)| o.rate / t.rate.max(f64::MIN_POSITIVE))
+                .collect();
+            let listed: Vec<String> = per_round.iter().map(|r| format!("{r:.2}")).collect();
+            row.push_str(&format!(
+                " {:.2} ({}) |",
+                median(per_round.clone()),
+                listed.join(", ")
+            ));
+        }
+        println!("{row}");
     }
     Ok(())
 }
