@@ -87,8 +87,34 @@ impl ObjectHooks for IpAddressHooks {
         Ok(Prepared::default())
     }
 
-    async fn prepare_delete(&self, ctx: &WriteContext, _old: &Value) -> Result<Prepared, ApiError> {
+    async fn prepare_delete(&self, ctx: &WriteContext, old: &Value) -> Result<Prepared, ApiError> {
         let addr = ctx.name.parse::<IpAddr>().ok();
+        // Upstream's repair loop re-creates an IPAddress a live Service still holds; here the
+        // delete is refused instead, so the address can never be handed out twice meanwhile.
+        if let (Some(ip), Some(parent)) = (addr, old.pointer("/spec/parentRef")) {
+            let ns = parent
+                .get("namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let name = parent.get("name").and_then(Value::as_str).unwrap_or("");
+            let is_service = parent.get("resource").and_then(Value::as_str) == Some("services");
+            if is_service
+                && !name.is_empty()
+                && let Some(kv) = self
+                    .shared
+                    .store
+                    .get(&crate::keys::object_key("services", Some(ns), name))
+                    .await?
+                && let Ok(svc) =
+                    serde_json::from_slice::<k8s_openapi::api::core::v1::Service>(&kv.value)
+                && portico_core::service::alloc::held_ips(&svc).contains(&ip)
+            {
+                return Err(ApiError::forbidden(format!(
+                    "ipaddresses.networking.k8s.io {:?} is forbidden: the address is held by Service {ns}/{name}",
+                    ctx.name
+                )));
+            }
+        }
         if ctx.dry_run {
             return Ok(Prepared::default());
         }

@@ -803,6 +803,25 @@ async fn service_cidr_extends_the_pool_online() {
             .contains(&ip)
     );
 
+    // An IPAddress a live Service holds cannot be deleted.
+    let ip_hooks = hooks.ip_address_hooks();
+    let ipobj: Value = serde_json::from_slice(
+        &store
+            .get(&ip_key(&ip))
+            .await
+            .expect("get")
+            .expect("stored")
+            .value,
+    )
+    .expect("json");
+    let c = WriteContext {
+        dry_run: false,
+        namespace: None,
+        name: ip.to_string(),
+        subresource: None,
+    };
+    assert_eq!(err_of(ip_hooks.prepare_delete(&c, &ipobj).await).code, 403);
+
     // A bad ServiceCIDR is refused with upstream's shape; one in use cannot be deleted.
     let mut bad = json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR", "metadata": {"name": "bad"}, "spec": {"cidrs": ["10.0.0.0/8", "10.1.0.0/16"]}});
     let c = WriteContext {
