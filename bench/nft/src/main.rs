@@ -96,7 +96,12 @@ fn plan_of(n: usize) -> Plan {
 }
 
 fn config() -> NftConfig {
+    let batch = std::env::var("PORTICO_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
     NftConfig {
+        batch_services: batch,
         cluster_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")],
         service_cidrs: vec!["10.96.0.0/12".parse().expect("cidr")],
         ipv6: false,
