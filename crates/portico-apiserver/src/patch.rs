@@ -304,7 +304,8 @@ fn merge_map(
         let merged = match (orig_value, patch_value) {
             (Value::Object(o), Value::Object(p)) => Value::Object(merge_map(o, p, meta.ctx)?),
             (Value::Array(o), Value::Array(p)) => {
-                if has_strategy(meta.strategy, "merge") {
+                // Delete lists apply whatever the field's strategy is.
+                if has_strategy(meta.strategy, "merge") || is_delete_list {
                     Value::Array(merge_slice(o, p, meta.ctx, meta.merge_key, is_delete_list)?)
                 } else {
                     Value::Array(p)
@@ -1014,6 +1015,188 @@ mod tests {
             e.message.starts_with("The order in patch list:"),
             "{}",
             e.message
+        );
+    }
+
+    /// Cases ported from upstream's `patch_test.go` ordering tests (current + three-way patch →
+    /// result), with its `mergingList` (key `name`) mapped to Pod containers (`value` → `image`,
+    /// `other` → `workingDir`) and `mergingIntList` to Node `spec.podCIDRs`.
+    #[test]
+    fn upstream_ordering_vectors() {
+        fn c(items: &[(&str, Option<&str>, Option<&str>)]) -> Value {
+            let list: Vec<Value> = items
+                .iter()
+                .map(|(n, v, o)| {
+                    let mut m = json!({"name": n});
+                    if let Some(v) = v {
+                        m["image"] = json!(v);
+                    }
+                    if let Some(o) = o {
+                        m["workingDir"] = json!(o);
+                    }
+                    m
+                })
+                .collect();
+            json!({"spec": {"containers": list}})
+        }
+        fn order(names: &[&str]) -> Value {
+            Value::Array(names.iter().map(|n| json!({"name": n})).collect())
+        }
+        // "set elements order in a list with server-only items" (1, 2 and 3).
+        let current = c(&[
+            ("1", None, Some("a")),
+            ("3", Some("3"), None),
+            ("4", Some("4"), None),
+            ("2", Some("2"), None),
+            ("9", None, None),
+        ]);
+        let patch = json!({"spec": {"$setElementOrder/containers": order(&["4", "2", "3", "1"])}});
+        let want = c(&[
+            ("4", Some("4"), None),
+            ("2", Some("2"), None),
+            ("3", Some("3"), None),
+            ("1", None, Some("a")),
+            ("9", None, None),
+        ]);
+        assert_eq!(smp("Pod", current, patch), want);
+        let current = c(&[
+            ("1", None, Some("a")),
+            ("2", Some("2"), None),
+            ("9", None, None),
+            ("3", Some("3"), None),
+            ("4", Some("4"), None),
+        ]);
+        let patch = json!({"spec": {"$setElementOrder/containers": order(&["2", "1", "4", "3"])}});
+        let want = c(&[
+            ("2", Some("2"), None),
+            ("1", None, Some("a")),
+            ("9", None, None),
+            ("4", Some("4"), None),
+            ("3", Some("3"), None),
+        ]);
+        assert_eq!(smp("Pod", current, patch.clone()), want);
+        let current = c(&[
+            ("1", None, Some("a")),
+            ("2", Some("2"), None),
+            ("7", None, None),
+            ("9", None, None),
+            ("8", None, None),
+            ("3", Some("3"), None),
+            ("4", Some("4"), None),
+        ]);
+        let want = c(&[
+            ("2", Some("2"), None),
+            ("1", None, Some("a")),
+            ("7", None, None),
+            ("9", None, None),
+            ("8", None, None),
+            ("4", Some("4"), None),
+            ("3", Some("3"), None),
+        ]);
+        assert_eq!(smp("Pod", current, patch), want);
+        // "add and delete an item in a list and preserve order".
+        let current = c(&[
+            ("1", None, Some("a")),
+            ("2", Some("2"), Some("b")),
+            ("3", Some("3"), None),
+        ]);
+        let patch = json!({"spec": {"$setElementOrder/containers": order(&["4", "2", "1"]),
+                                    "containers": [{"name": "4", "image": "4"}, {"name": "3", "$patch": "delete"}]}});
+        let want = c(&[
+            ("4", Some("4"), None),
+            ("2", Some("2"), Some("b")),
+            ("1", None, Some("a")),
+        ]);
+        assert_eq!(smp("Pod", current, patch), want);
+        // "set elements order in a int list with server-only items" (1 and 2).
+        let cidrs = |xs: &[&str]| json!({"spec": {"podCIDRs": xs}});
+        let patch = json!({"spec": {"$setElementOrder/podCIDRs": ["4", "2", "3", "1"]}});
+        assert_eq!(
+            smp("Node", cidrs(&["1", "3", "4", "2", "9"]), patch),
+            cidrs(&["4", "2", "3", "1", "9"])
+        );
+        let patch = json!({"spec": {"$setElementOrder/podCIDRs": ["2", "1", "4", "3"]}});
+        assert_eq!(
+            smp("Node", cidrs(&["1", "2", "9", "3", "4"]), patch),
+            cidrs(&["2", "1", "9", "4", "3"])
+        );
+    }
+
+    /// More `patch_test.go` cases (original + two-way patch → modified), mapped as above, with
+    /// `nonMergingIntList` as Service `spec.externalIPs` and `retainKeysMergingList` as volumes.
+    #[test]
+    fn upstream_list_vectors() {
+        let cidrs = |xs: &[&str]| json!({"spec": {"podCIDRs": xs}});
+        // $deleteFromPrimitiveList of a missing item, on a missing list, with and without merge strategy.
+        assert_eq!(
+            smp(
+                "Node",
+                cidrs(&["1", "2"]),
+                json!({"spec": {"$deleteFromPrimitiveList/podCIDRs": ["3"]}})
+            ),
+            cidrs(&["1", "2"])
+        );
+        assert_eq!(
+            smp(
+                "Node",
+                json!({"spec": {"taints": []}}),
+                json!({"spec": {"$deleteFromPrimitiveList/podCIDRs": ["3"]}})
+            ),
+            json!({"spec": {"taints": []}})
+        );
+        assert_eq!(
+            smp(
+                "Node",
+                cidrs(&["1", "2", "3"]),
+                json!({"spec": {"$deleteFromPrimitiveList/podCIDRs": ["2"]}})
+            ),
+            cidrs(&["1", "3"])
+        );
+        assert_eq!(
+            smp(
+                "Service",
+                json!({"spec": {"externalIPs": ["1", "2", "3"]}}),
+                json!({"spec": {"$deleteFromPrimitiveList/externalIPs": ["2"]}})
+            ),
+            json!({"spec": {"externalIPs": ["1", "3"]}})
+        );
+        // Preserve the order from the patch in a merging list (1 and 2) and a merging int list.
+        let containers = |xs: Value| json!({"spec": {"containers": xs}});
+        assert_eq!(
+            smp(
+                "Pod",
+                containers(json!([{"name": "1"}, {"name": "2", "image": "b"}, {"name": "3"}])),
+                containers(
+                    json!([{"name": "3", "image": "c"}, {"name": "1", "image": "a"}, {"name": "2", "workingDir": "x"}])
+                )
+            ),
+            containers(
+                json!([{"name": "3", "image": "c"}, {"name": "1", "image": "a"}, {"name": "2", "image": "b", "workingDir": "x"}])
+            )
+        );
+        assert_eq!(
+            smp(
+                "Pod",
+                containers(json!([{"name": "1"}, {"name": "2", "image": "b"}, {"name": "3"}])),
+                containers(json!([{"name": "3", "image": "c"}, {"name": "1", "image": "a"}]))
+            ),
+            containers(
+                json!([{"name": "2", "image": "b"}, {"name": "3", "image": "c"}, {"name": "1", "image": "a"}])
+            )
+        );
+        assert_eq!(
+            smp("Node", cidrs(&["1", "2", "3"]), cidrs(&["3", "1", "2"])),
+            cidrs(&["3", "1", "2"])
+        );
+        // retainKeys list without a directive merges as usual.
+        let volumes = |xs: Value| json!({"spec": {"volumes": xs}});
+        assert_eq!(
+            smp(
+                "Pod",
+                volumes(json!([{"name": "bar"}, {"name": "foo", "emptyDir": {}}])),
+                volumes(json!([{"name": "foo", "emptyDir": null}]))
+            ),
+            volumes(json!([{"name": "bar"}, {"name": "foo"}]))
         );
     }
 
