@@ -851,7 +851,7 @@ async fn repair_on_start_reports_and_fixes() {
             &*hooks,
             &*store,
             "ok",
-            json!({"type": "NodePort", "ports": [{"port": 80}]}),
+            json!({"type": "NodePort", "clusterIP": "10.96.0.10", "ports": [{"port": 80, "nodePort": 30080}]}),
             false,
         )
         .await
@@ -1167,4 +1167,69 @@ proptest::proptest! {
             }
         });
     }
+}
+
+#[tokio::test]
+async fn restart_keeps_every_allocation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    let mut first = HashSet::new();
+    {
+        let store: Arc<dyn Store> =
+            portico_store::embedded::EmbeddedStore::open(&path).expect("open");
+        let hooks = ServiceHooks::new(store.clone(), cfg("10.96.0.0/28", 30000..=30019));
+        hooks.start().await.expect("start");
+        for i in 0..6 {
+            let o = create_as(
+                &*hooks,
+                &*store,
+                &format!("a{i}"),
+                json!({"type": "NodePort", "ports": [{"port": 80}]}),
+                false,
+            )
+            .await
+            .expect("create");
+            first.insert(o["spec"]["clusterIP"].as_str().expect("ip").to_string());
+            first.insert(o["spec"]["ports"][0]["nodePort"].to_string());
+        }
+    }
+    // Reopen the same file, as after a restart.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let store: Arc<dyn Store> =
+        portico_store::embedded::EmbeddedStore::open(&path).expect("reopen");
+    let hooks = ServiceHooks::new(store.clone(), cfg("10.96.0.0/28", 30000..=30019));
+    assert!(hooks.start().await.expect("start").findings.is_empty());
+    // 13 usable addresses (one kept for `kubernetes`): 6 old + 7 new fill the range exactly.
+    for i in 0..7 {
+        let o = create_as(
+            &*hooks,
+            &*store,
+            &format!("b{i}"),
+            json!({"type": "NodePort", "ports": [{"port": 80}]}),
+            false,
+        )
+        .await
+        .expect("create");
+        assert!(
+            first.insert(o["spec"]["clusterIP"].as_str().expect("ip").to_string()),
+            "new IP collides with an old one"
+        );
+        assert!(
+            first.insert(o["spec"]["ports"][0]["nodePort"].to_string()),
+            "new port collides with an old one"
+        );
+    }
+    assert_eq!(
+        create_as(
+            &*hooks,
+            &*store,
+            "c",
+            json!({"ports": [{"port": 80}]}),
+            false
+        )
+        .await
+        .map_err(|e| e.code)
+        .err(),
+        Some(500)
+    );
 }
