@@ -622,7 +622,7 @@ async fn updates_keep_release_and_allocate() {
     let (_d, store) = embedded();
     let hooks = ServiceHooks::new(store.clone(), cfg("10.96.0.0/24", 30000..=32767));
     hooks.start().await.expect("start");
-    let created = create_as(&*hooks, &*store, "web", json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"name": "http", "port": 80}]}), false).await.expect("create");
+    let created = create_as(&*hooks, &*store, "web", json!({"type": "LoadBalancer", "clusterIP": "10.96.0.50", "externalTrafficPolicy": "Local", "ports": [{"name": "http", "port": 80}]}), false).await.expect("create");
     let ip = created["spec"]["clusterIP"].clone();
     let np = created["spec"]["ports"][0]["nodePort"].clone();
     let hc = created["spec"]["healthCheckNodePort"]
