@@ -191,6 +191,7 @@ impl EmbeddedStore {
             options,
             poisoned: None,
             last_checkpoint: Instant::now(),
+            unsynced: false,
         };
         std::thread::Builder::new()
             .name("portico-store-writer".to_string())
@@ -326,6 +327,8 @@ struct Writer {
     /// round); from then on every write is refused until the store is reopened.
     poisoned: Option<String>,
     last_checkpoint: Instant,
+    /// Non-durable redb commits (batches or compaction steps) since the last checkpoint.
+    unsynced: bool,
 }
 
 impl Writer {
@@ -339,7 +342,7 @@ impl Writer {
                     Err(TryRecvError::Empty) => None,
                     Err(TryRecvError::Disconnected) => break,
                 }
-            } else if self.wal.len() > 0 {
+            } else if self.unsynced {
                 match receiver.recv_timeout(CHECKPOINT_INTERVAL) {
                     Ok(request) => Some(request),
                     Err(RecvTimeoutError::Timeout) => None,
@@ -361,20 +364,17 @@ impl Writer {
                 }
                 self.commit_batch(requests);
             }
-            if self.poisoned.is_none()
-                && self.state.physical < self.state.compacted - 1
-                && let Err(error) = compact_step(
-                    &self.shared.db,
-                    &mut self.state,
-                    self.options.compaction_step,
-                )
-            {
-                tracing::warn!(%error, "embedded store compaction step failed");
-                std::thread::sleep(Duration::from_millis(100));
+            if self.poisoned.is_none() && self.state.physical < self.state.compacted - 1 {
+                self.unsynced = true;
+                let step = self.options.compaction_step;
+                if let Err(error) = compact_step(&self.shared.db, &mut self.state, step) {
+                    tracing::warn!(%error, "embedded store compaction step failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
             }
             self.maybe_checkpoint();
         }
-        if self.options.checkpoint_on_close && self.poisoned.is_none() && self.wal.len() > 0 {
+        if self.options.checkpoint_on_close && self.poisoned.is_none() && self.unsynced {
             // A clean stop leaves nothing to replay.
             self.checkpoint();
         }
@@ -383,7 +383,7 @@ impl Writer {
 
     fn maybe_checkpoint(&mut self) {
         let due = self.wal.len() >= CHECKPOINT_BYTES
-            || (self.wal.len() > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL);
+            || (self.unsynced && self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL);
         if due && self.poisoned.is_none() {
             self.checkpoint();
         }
@@ -403,6 +403,9 @@ impl Writer {
             self.wal.reset()
         })();
         self.last_checkpoint = Instant::now();
+        if result.is_ok() {
+            self.unsynced = false;
+        }
         if let Err(error) = result {
             // The log still holds everything; the next checkpoint tries again.
             tracing::warn!(%error, "embedded store checkpoint failed");
@@ -430,6 +433,7 @@ impl Writer {
         match written {
             Ok(()) => {
                 self.state = next_state;
+                self.unsynced = true;
                 let mut hub = self.shared.hub();
                 hub.revision = self.state.revision;
                 hub.compacted = self.state.compacted;
@@ -773,7 +777,10 @@ fn compact_step(db: &Database, state: &mut WriterState, step: u64) -> Result<()>
         return Ok(());
     }
     let end = target.min(state.physical.saturating_add(to_rev(step.max(1))));
-    let txn = db.begin_write().map_err(internal)?;
+    let mut txn = db.begin_write().map_err(internal)?;
+    // Losing a step in a crash only means doing it again; the next checkpoint makes it durable.
+    txn.set_durability(redb::Durability::None)
+        .map_err(internal)?;
     {
         let mut log = txn.open_table(LOG).map_err(internal)?;
         let mut history = txn.open_table(HISTORY).map_err(internal)?;
