@@ -5,6 +5,22 @@
 //! Two backends pass one shared test suite: the embedded single-file backend (default)
 //! and etcd (`--etcd-servers`).
 //! Must not: know about Kubernetes objects, HTTP, or anything above raw bytes under string keys.
+//!
+//! Using it:
+//! - Embedded: `embedded::EmbeddedStore::open(&data_dir.join("store.redb"))?` (sync; it also
+//!   keeps `store.redb-wal` beside the file). Etcd: `etcd::EtcdStore::connect(&endpoints,
+//!   "/registry").await?`. Both return `Arc<Self>`; use them as `Arc<dyn Store>`.
+//! - Compaction: `spawn_auto_compaction(store, CompactionPolicy::default())` compacts every
+//!   5 minutes to the revision seen one interval earlier, keeping at least the last 10,000.
+//! - Revisions: a fresh store is at revision 1 (as etcd); each writing transaction adds one;
+//!   failed compares and transactions that change nothing (deleting a missing key) add none.
+//! - Compaction boundary (as etcd): after `compact(c)`, lists at revisions below `c` and
+//!   watches with `after_revision < c - 1` fail with [`Error::Compacted`].
+//! - Watches deliver one `Vec<Event>` per transaction, in revision order. A slow consumer never
+//!   holds up writers: the embedded backend lets it fall behind the in-memory broadcast and then
+//!   catches it up from the on-disk log; only if compaction removed what it still needs does the
+//!   stream yield `Err(Error::Compacted)` and end. A watch stream that ends (`None`, or after an
+//!   `Err`) must be restarted from the last revision seen, or by re-listing on `Compacted`.
 
 pub mod compaction;
 pub mod embedded;
