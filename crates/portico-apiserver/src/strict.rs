@@ -126,7 +126,8 @@ fn parse(raw: &[u8]) -> Result<Node, String> {
 
 /// Unknown and duplicate fields of a `kind` body, in document order, as upstream words them
 /// (`unknown field "spec.foo"`, `duplicate field "spec.type"`). Err when the body does not parse.
-/// Kinds without a schema report nothing.
+/// Kinds without a schema report nothing. Strategic-merge directive keys (`$…`) are skipped, so
+/// merge and strategic patch bodies can be checked too.
 pub fn unknown_fields(kind: &str, raw: &[u8]) -> Result<Vec<String>, String> {
     let node = parse(raw)?;
     let mut out = Vec::new();
@@ -151,6 +152,11 @@ fn walk(node: &Node, def: Option<&'static str>, path: &str, out: &mut Vec<String
     };
     let mut seen: Vec<&str> = Vec::new();
     for (key, value) in entries {
+        // Strategic-merge directives (`$patch`, `$setElementOrder/…`) are not fields, so a patch
+        // body can be checked like an object.
+        if key.starts_with('$') {
+            continue;
+        }
         let field_path = join(path, key);
         if seen.contains(&key.as_str()) {
             out.push(format!("duplicate field {field_path:?}"));
@@ -265,6 +271,15 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    #[test]
+    fn patch_bodies_skip_directives() {
+        let body = r#"{"spec":{"$setElementOrder/ports":[{"port":80}],"ports":[{"port":80,"$patch":"delete"}],"$retainKeys":["a"],"bogus":1}}"#;
+        assert_eq!(
+            unknown_fields("Service", body.as_bytes()).expect("parse"),
+            vec![r#"unknown field "spec.bogus""#.to_string()]
+        );
     }
 
     #[test]
