@@ -31,6 +31,15 @@ pub async fn conformance_suite(store: Arc<dyn Store>) {
     check_compaction(&store, "/conf/compact/").await;
 }
 
+/// A fresh embedded store in a temporary directory (removed when the guard drops; keep the
+/// guard alive as long as the store).
+pub fn temp_embedded_store() -> (tempfile::TempDir, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = crate::embedded::EmbeddedStore::open(&dir.path().join("store.redb"))
+        .expect("open embedded store");
+    (dir, store)
+}
+
 /// Puts one key unconditionally and returns the new revision.
 pub async fn put(store: &Arc<dyn Store>, key: &str, value: &str) -> Revision {
     let response = store
