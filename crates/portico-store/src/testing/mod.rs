@@ -339,6 +339,19 @@ pub async fn check_compare_and_swap(store: &Arc<dyn Store>, prefix: &str) {
     assert!(deleted.succeeded);
     assert_eq!(deleted.revision, both.revision + 1);
     assert_eq!(store.get(&key).await.unwrap(), None);
+    // Two writes to one key in one transaction are refused (etcd: "duplicate key").
+    let duplicate = store
+        .txn(
+            vec![],
+            vec![
+                Op::Put(other.clone(), Bytes::from_static(b"1")),
+                Op::Put(other.clone(), Bytes::from_static(b"2")),
+            ],
+        )
+        .await;
+    assert!(duplicate.is_err(), "duplicate keys: {duplicate:?}");
+    assert_eq!(store.current_revision().await.unwrap(), deleted.revision);
+
     let (compares, ops) = create("v5");
     let recreated = store.txn(compares, ops).await.unwrap();
     assert!(recreated.succeeded, "create after delete");
