@@ -102,6 +102,14 @@ pub(crate) struct Shared {
     pub report: Mutex<RepairReport>,
     /// Set once the watches run, so a second `start` does not add more.
     pub watching: std::sync::atomic::AtomicBool,
+    /// Stops the watch task when the last hook goes away.
+    pub stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 impl Shared {
@@ -139,6 +147,7 @@ impl ServiceHooks {
                 synced: OnceCell::new(),
                 report: Mutex::new(RepairReport::default()),
                 watching: std::sync::atomic::AtomicBool::new(false),
+                stop: tokio_util::sync::CancellationToken::new(),
             }),
         })
     }

@@ -414,7 +414,17 @@ pub(crate) fn spawn_watches(shared: &Arc<Shared>) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .revision;
+    let stop = shared.stop.clone();
     handle.spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = watch_loop(weak, start_rev) => {}
+        }
+    });
+}
+
+async fn watch_loop(weak: std::sync::Weak<Shared>, start_rev: Revision) {
+    {
         let mut rev = start_rev;
         loop {
             let Some(shared) = weak.upgrade() else { return };
@@ -463,5 +473,5 @@ pub(crate) fn spawn_watches(shared: &Arc<Shared>) {
                 Err(e) => tracing::warn!("service allocator resync failed: {e}"),
             }
         }
-    });
+    }
 }

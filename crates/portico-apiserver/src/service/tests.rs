@@ -1193,10 +1193,18 @@ async fn restart_keeps_every_allocation() {
             first.insert(o["spec"]["ports"][0]["nodePort"].to_string());
         }
     }
-    // Reopen the same file, as after a restart.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let store: Arc<dyn Store> =
-        portico_store::embedded::EmbeddedStore::open(&path).expect("reopen");
+    // Reopen the same file, as after a restart (the old handle closes in the background).
+    let mut reopened = None;
+    for _ in 0..100 {
+        match portico_store::embedded::EmbeddedStore::open(&path) {
+            Ok(s) => {
+                reopened = Some(s);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    let store: Arc<dyn Store> = reopened.expect("reopen");
     let hooks = ServiceHooks::new(store.clone(), cfg("10.96.0.0/28", 30000..=30019));
     assert!(hooks.start().await.expect("start").findings.is_empty());
     // 13 usable addresses (one kept for `kubernetes`): 6 old + 7 new fill the range exactly.
