@@ -13,10 +13,12 @@
 //!   node-1 eth0 (…50.11) ────┘   onward: every node's default route leads nowhere)
 //!   node-i: bridge cni0 10.244.i.1/24, hairpin ports, pods 10.244.i.2…, routes to the
 //!           other nodes' pod CIDRs via their eth0 addresses, br_netfilter on.
+//!   IPv6 alongside: underlay fd00:50::/64 (gateway ::1, client ::100, node-i ::1i),
+//!   cni0 fd00:244:i::1/64, pods fd00:244:i::2….
 //! ```
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -64,6 +66,9 @@ impl Netns {
         run(&["ip", "netns", "add", &name])?;
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"])?;
+        // No duplicate address detection: addresses (link-local ones too) work at once.
+        ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+        ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
         Ok(ns)
     }
 
@@ -179,9 +184,10 @@ impl TestServer {
     pub fn start(ns: &Netns, hostname: &str) -> Result<TestServer, Error> {
         let stop = Arc::new(AtomicBool::new(false));
         let (tcp, udp) = ns.run(|| -> std::io::Result<(TcpListener, UdpSocket)> {
-            let tcp = TcpListener::bind("0.0.0.0:0")?;
+            // `[::]` sockets take IPv4 too (as v4-mapped addresses): one server, both families.
+            let tcp = TcpListener::bind("[::]:0")?;
             let port = tcp.local_addr()?.port();
-            let udp = UdpSocket::bind(("0.0.0.0", port))?;
+            let udp = UdpSocket::bind(("::", port))?;
             Ok((tcp, udp))
         })??;
         let port = tcp.local_addr()?.port();
@@ -227,7 +233,7 @@ fn serve_tcp(listener: TcpListener, hostname: &str, stop: &AtomicBool) {
                 let path = text.split_whitespace().nth(1).unwrap_or("/");
                 let (status, body) = match path {
                     "/hostname" => ("200 OK", hostname.to_string()),
-                    "/clientip" => ("200 OK", peer.ip().to_string()),
+                    "/clientip" => ("200 OK", peer.ip().to_canonical().to_string()),
                     _ => ("404 Not Found", "not found".to_string()),
                 };
                 let resp = format!(
@@ -281,6 +287,8 @@ pub struct Pod {
     pub name: String,
     pub node: usize,
     pub ip: IpAddr,
+    /// The pod's IPv6 address (`fd00:244:<node>::<n>`).
+    pub ip6: IpAddr,
     pub server: Option<TestServer>,
     pub ns: Netns,
 }
@@ -290,6 +298,8 @@ pub struct Pod {
 pub struct Node {
     pub name: String,
     pub ip: IpAddr,
+    /// The node's IPv6 underlay address (`fd00:50::<10 + i>`).
+    pub ip6: IpAddr,
     pub pod_cidr: String,
     pub ns: Netns,
     next_pod: u8,
@@ -302,12 +312,15 @@ pub struct Sandbox {
     pub nodes: Vec<Node>,
     pub client: Netns,
     pub client_ip: IpAddr,
+    pub client_ip6: IpAddr,
     pub gateway: Netns,
 }
 
 /// Underlay addresses.
 pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 100);
+pub const GATEWAY_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 1);
+pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 0x100);
 
 impl Sandbox {
     /// Builds `nodes` nodes (at most 50), a dead-end gateway and an external client.
@@ -315,6 +328,15 @@ impl Sandbox {
         let gateway = Netns::new("gw")?;
         gateway.ip(&["link", "add", "under", "type", "bridge"])?;
         gateway.ip(&["addr", "add", &format!("{GATEWAY_IP}/24"), "dev", "under"])?;
+        gateway.ip(&[
+            "addr",
+            "add",
+            &format!("{GATEWAY_IP6}/64"),
+            "dev",
+            "under",
+            "nodad",
+        ])?;
+        gateway.sysctl("net.ipv6.conf.all.forwarding", "0")?;
         gateway.ip(&["link", "set", "under", "up"])?;
         // The gateway forwards nothing: a default route through it leads nowhere.
         gateway.sysctl("net.ipv4.ip_forward", "0")?;
@@ -324,12 +346,29 @@ impl Sandbox {
         gateway.ip(&["link", "set", "client", "master", "under"])?;
         client.ip(&["addr", "add", &format!("{CLIENT_IP}/24"), "dev", "eth0"])?;
         client.ip(&["route", "add", "default", "via", &GATEWAY_IP.to_string()])?;
+        client.ip(&[
+            "addr",
+            "add",
+            &format!("{CLIENT_IP6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        client.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &GATEWAY_IP6.to_string(),
+        ])?;
 
         let mut sandbox = Sandbox {
             pods: Vec::new(),
             nodes: Vec::new(),
             client,
             client_ip: IpAddr::V4(CLIENT_IP),
+            client_ip6: IpAddr::V6(CLIENT_IP6),
             gateway,
         };
         for i in 0..nodes.min(50) {
@@ -345,16 +384,37 @@ impl Sandbox {
             sandbox
                 .gateway
                 .ip(&["link", "set", &port, "master", "under"])?;
+            let ip6 = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 0x10 + i as u16);
             ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+            ns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"])?;
             ns.ip(&["route", "add", "default", "via", &GATEWAY_IP.to_string()])?;
+            ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &GATEWAY_IP6.to_string(),
+            ])?;
             ns.ip(&["link", "add", "cni0", "type", "bridge"])?;
             ns.ip(&["addr", "add", &format!("10.244.{i}.1/24"), "dev", "cni0"])?;
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("fd00:244:{i}::1/64"),
+                "dev",
+                "cni0",
+                "nodad",
+            ])?;
             ns.ip(&["link", "set", "cni0", "up"])?;
             ns.sysctl("net.ipv4.ip_forward", "1")?;
+            ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
             ns.sysctl("net.bridge.bridge-nf-call-iptables", "1")?;
+            ns.sysctl("net.bridge.bridge-nf-call-ip6tables", "1")?;
             sandbox.nodes.push(Node {
                 name: format!("node-{i}"),
                 ip: IpAddr::V4(ip),
+                ip6: IpAddr::V6(ip6),
                 pod_cidr: format!("10.244.{i}.0/24"),
                 ns,
                 next_pod: 2,
@@ -368,6 +428,11 @@ impl Sandbox {
                     sandbox.nodes[i]
                         .ns
                         .ip(&["route", "add", &cidr, "via", &via])?;
+                    let via6 = sandbox.nodes[j].ip6.to_string();
+                    let cidr6 = format!("fd00:244:{j}::/64");
+                    sandbox.nodes[i]
+                        .ns
+                        .ip(&["-6", "route", "add", &cidr6, "via", &via6])?;
                 }
             }
         }
@@ -383,6 +448,7 @@ impl Sandbox {
         let k = n.next_pod;
         n.next_pod += 1;
         let ip = Ipv4Addr::new(10, 244, node as u8, k);
+        let ip6 = Ipv6Addr::new(0xfd00, 0x244, node as u16, 0, 0, 0, 0, u16::from(k));
         let ns = Netns::new(name)?;
         let host_side = format!("veth{k}");
         veth(&n.ns, &host_side, &ns, "eth0")?;
@@ -397,11 +463,21 @@ impl Sandbox {
             "via",
             &format!("10.244.{node}.1"),
         ])?;
+        ns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"])?;
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("fd00:244:{node}::1"),
+        ])?;
         let server = TestServer::start(&ns, name)?;
         self.pods.push(Pod {
             name: name.to_string(),
             node,
             ip: IpAddr::V4(ip),
+            ip6: IpAddr::V6(ip6),
             server: Some(server),
             ns,
         });
@@ -415,14 +491,14 @@ impl Sandbox {
 
     /// Adds a route in the client towards `cidr` via node `node` (for external/LB IPs).
     pub fn route_client_via(&self, cidr: &str, node: usize) -> Result<(), Error> {
+        // Either family: the next hop is the node's address of the same family.
+        let (family, via) = if cidr.contains(':') {
+            ("-6", self.nodes[node].ip6.to_string())
+        } else {
+            ("-4", self.nodes[node].ip.to_string())
+        };
         self.client
-            .ip(&[
-                "route",
-                "replace",
-                cidr,
-                "via",
-                &self.nodes[node].ip.to_string(),
-            ])
+            .ip(&[family, "route", "replace", cidr, "via", &via])
             .map(|_| ())
     }
 }
@@ -470,6 +546,14 @@ mod tests {
                 .unwrap()
                 .unwrap();
             assert_eq!(echo, "b hi");
+            // IPv6 between pods on two nodes.
+            let target6 = SocketAddr::new(sb.pods[b].ip6, target.port());
+            let body6 = sb.pods[a]
+                .ns
+                .run(move || http_get(target6, "/clientip", Duration::from_secs(2)))
+                .unwrap()
+                .unwrap();
+            assert_eq!(body6, "fd00:244::2");
             // The client reaches a node, but nothing beyond the dead-end gateway.
             let node_ip = SocketAddr::new(sb.nodes[0].ip, 9);
             let r = sb
