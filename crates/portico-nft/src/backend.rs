@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use portico_core::plan::{Plan, Protocol, ServiceName, ServicePortName, ServicePortPlan};
+use portico_core::plan::{
+    NoEndpoints, Plan, Protocol, ServiceName, ServicePortName, ServicePortPlan,
+};
 
 use crate::Error;
 use crate::conntrack::{Conntrack, stale_flows};
@@ -79,14 +81,16 @@ struct SlotRec {
 #[derive(Debug, Default)]
 struct FamilyService {
     entries: Vec<(SetId, Vec<Val>)>,
-    slots: Vec<Vec<(IpAddr, u16)>>,
+    slots: Vec<Endpoints>,
     endpoint_ips: Vec<IpAddr>,
 }
 
 #[derive(Debug)]
 struct ServiceState {
     owner: u32,
-    plan: ServicePortPlan,
+    /// [`fingerprint`] of the plan this state was rendered from (a copy of the plan itself
+    /// would cost ~5 KiB per Service port with 10 endpoints).
+    fingerprint: u64,
     families: Vec<(Family, FamilyService)>,
     affinity_class: Option<u32>,
 }
@@ -115,13 +119,16 @@ impl Delta {
     }
 }
 
+/// One endpoint list (a slot's content), shared between the slot table and its users.
+type Endpoints = std::sync::Arc<[(IpAddr, u16)]>;
+
 /// A service-owned element: its set and key.
 type EntryKey = (SetId, Vec<Val>);
 
 #[derive(Debug)]
 struct FamilyState {
     family: Family,
-    slots: HashMap<Vec<(IpAddr, u16)>, SlotRec>,
+    slots: HashMap<Endpoints, SlotRec>,
     free_slots: Vec<u32>,
     /// Ids of freed slots that had affinity: their `affinity` entries may live until timeout.
     quarantine: VecDeque<(Instant, u32)>,
@@ -150,8 +157,8 @@ impl FamilyState {
 struct Touched {
     entries: HashMap<EntryKey, Option<Data>>,
     hairpin: HashMap<IpAddr, bool>,
-    slots: Vec<Vec<(IpAddr, u16)>>,
-    new_slots: Vec<Vec<(IpAddr, u16)>>,
+    slots: Vec<Endpoints>,
+    new_slots: Vec<Endpoints>,
 }
 
 #[derive(Debug, Default)]
@@ -323,6 +330,58 @@ pub fn skeleton(config: &NftConfig, family: Family) -> Transaction {
     tx
 }
 
+/// A hash of everything in a Service port's plan. The exhaustive destructuring makes a new
+/// plan field a compile error here, so no change can go unnoticed.
+fn fingerprint(sp: &ServicePortPlan) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let ServicePortPlan {
+        name,
+        cluster_ips,
+        port,
+        node_port,
+        external_ips,
+        load_balancer_ips,
+        load_balancer_source_ranges,
+        affinity_timeout_seconds,
+        internal_policy_local,
+        external_policy_local,
+        health_check_node_port,
+        cluster_endpoints,
+        external_endpoints,
+        cluster_no_endpoints,
+        external_no_endpoints,
+        local_endpoint_count,
+        last_change_trigger_time,
+        cluster_policy_endpoints,
+        local_policy_endpoints,
+        has_endpoints_v4,
+        has_endpoints_v6,
+    } = sp;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    cluster_ips.hash(&mut h);
+    port.hash(&mut h);
+    node_port.hash(&mut h);
+    external_ips.hash(&mut h);
+    load_balancer_ips.hash(&mut h);
+    load_balancer_source_ranges.hash(&mut h);
+    affinity_timeout_seconds.hash(&mut h);
+    internal_policy_local.hash(&mut h);
+    external_policy_local.hash(&mut h);
+    health_check_node_port.hash(&mut h);
+    cluster_endpoints.hash(&mut h);
+    external_endpoints.hash(&mut h);
+    (*cluster_no_endpoints == NoEndpoints::Drop).hash(&mut h);
+    (*external_no_endpoints == NoEndpoints::Drop).hash(&mut h);
+    local_endpoint_count.hash(&mut h);
+    last_change_trigger_time.hash(&mut h);
+    cluster_policy_endpoints.hash(&mut h);
+    local_policy_endpoints.hash(&mut h);
+    has_endpoints_v4.hash(&mut h);
+    has_endpoints_v6.hash(&mut h);
+    h.finish()
+}
+
 fn mark_value(slot: u32, class: Option<u32>, flags: u32, count: u32) -> u32 {
     (slot << mark::SLOT_SHIFT) | (class.unwrap_or(0) << mark::AFFINITY_SHIFT) | flags | count
 }
@@ -414,31 +473,38 @@ impl FamilyState {
         touched: &mut Touched,
     ) -> Result<FamilyService, Error> {
         let mut slot_ids = Vec::with_capacity(rendered.paths.len());
+        let mut shared: Vec<Endpoints> = Vec::with_capacity(rendered.paths.len());
         for eps in &rendered.paths {
-            let id = match self.slots.get_mut(eps) {
-                Some(slot) => {
-                    slot.refs += 1;
-                    slot.affinity |= class.is_some();
-                    slot.id
+            let id = match self.slots.get_key_value(eps.as_slice()) {
+                Some((key, slot)) => {
+                    shared.push(key.clone());
+                    let id = slot.id;
+                    if let Some(slot) = self.slots.get_mut(eps.as_slice()) {
+                        slot.refs += 1;
+                        slot.affinity |= class.is_some();
+                    }
+                    id
                 }
                 None => {
                     let id = self.allocate_slot()?;
+                    let key: Endpoints = eps.as_slice().into();
                     self.slots.insert(
-                        eps.clone(),
+                        key.clone(),
                         SlotRec {
                             id,
                             refs: 1,
                             affinity: class.is_some(),
                         },
                     );
-                    touched.new_slots.push(eps.clone());
+                    touched.new_slots.push(key.clone());
+                    shared.push(key);
                     id
                 }
             };
             slot_ids.push((id, render::bucket_count(eps.len())));
         }
         let mut fs = FamilyService {
-            slots: rendered.paths.clone(),
+            slots: shared,
             endpoint_ips: rendered.endpoint_ips.clone(),
             ..Default::default()
         };
@@ -467,8 +533,7 @@ impl FamilyState {
 
     /// Nets the touched state into element changes.
     fn finish(&mut self, touched: Touched, quarantine_for: Duration, delta: &mut Delta) {
-        let new_slots: std::collections::HashSet<&Vec<(IpAddr, u16)>> =
-            touched.new_slots.iter().collect();
+        let new_slots: std::collections::HashSet<&Endpoints> = touched.new_slots.iter().collect();
         for eps in &touched.new_slots {
             if let Some(slot) = self.slots.get(eps)
                 && slot.refs > 0
@@ -585,7 +650,7 @@ impl State {
             name.clone(),
             ServiceState {
                 owner,
-                plan: sp.clone(),
+                fingerprint: fingerprint(sp),
                 families,
                 affinity_class: class,
             },
@@ -812,7 +877,11 @@ impl NftBackend {
                         }
                     }
                     for (name, sp) in plan.service_ports(service) {
-                        if state.services.get(name).is_none_or(|s| s.plan != *sp) {
+                        if state
+                            .services
+                            .get(name)
+                            .is_none_or(|s| s.fingerprint != fingerprint(sp))
+                        {
                             changed.push(name);
                         }
                     }
@@ -832,7 +901,7 @@ impl NftBackend {
                     }
                     match old.peek() {
                         Some((k, s)) if *k == name => {
-                            if s.plan != *sp {
+                            if s.fingerprint != fingerprint(sp) {
                                 changed.push(name);
                             }
                             old.next();
@@ -947,3 +1016,9 @@ impl NftBackend {
         Ok(state.finish(touched, &config.table))
     }
 }
+
+// The proxy runtime moves the backend into its sync task.
+const _: fn() = || {
+    fn assert_send<T: Send>() {}
+    assert_send::<NftBackend>();
+};
