@@ -119,19 +119,19 @@ pub fn node_name(args: &Args) -> String {
 impl Args {
     /// The runtime options these flags describe.
     pub fn options(&self) -> anyhow::Result<Options> {
-        let mut userspace = UserspaceConfig {
+        let userspace = UserspaceConfig {
             balance: self.userspace_balance,
             drain_timeout: self.userspace_drain_timeout,
             udp_idle_timeout: self.userspace_udp_idle_timeout,
             ..UserspaceConfig::default()
         };
-        if !self.nodeport_addresses.is_empty() {
-            userspace.nodeport_addresses = self.nodeport_addresses.clone();
-        }
         Ok(Options {
             node_name: node_name(self),
             mode: self.proxy_mode,
             cluster_cidrs: self.cluster_cidr.clone(),
+            service_cidrs: Vec::new(),
+            nodeport_addresses: (!self.nodeport_addresses.is_empty())
+                .then(|| self.nodeport_addresses.clone()),
             healthz_bind_address: parse_bind(&self.healthz_bind_address, "healthz-bind-address")?,
             metrics_bind_address: parse_bind(&self.metrics_bind_address, "metrics-bind-address")?,
             min_sync_period: self.min_sync_period,

@@ -47,13 +47,18 @@ pub struct Options {
     pub mode: ProxyMode,
     /// `--cluster-cidr`, for the nftables backend's masquerade rules.
     pub cluster_cidrs: Vec<IpNet>,
+    /// Service CIDRs: the nftables backend drops traffic to unallocated addresses in them.
+    pub service_cidrs: Vec<IpNet>,
+    /// `--nodeport-addresses` (CIDRs). `None`: the mode's default (userspace: 127.0.0.1/32;
+    /// nftables: the node's addresses).
+    pub nodeport_addresses: Option<Vec<IpNet>>,
     /// `--healthz-bind-address`; `None` disables the server. Port 0 picks one.
     pub healthz_bind_address: Option<SocketAddr>,
     /// `--metrics-bind-address`; `None` disables the server.
     pub metrics_bind_address: Option<SocketAddr>,
     pub min_sync_period: Duration,
     pub sync_period: Duration,
-    /// Userspace settings; `nodeport_addresses` also decides where health check ports listen.
+    /// Userspace settings (its `nodeport_addresses` is replaced by the field above when set).
     pub userspace: UserspaceConfig,
 }
 
@@ -63,6 +68,8 @@ impl Default for Options {
             node_name: "localhost".into(),
             mode: ProxyMode::Userspace,
             cluster_cidrs: Vec::new(),
+            service_cidrs: Vec::new(),
+            nodeport_addresses: None,
             healthz_bind_address: None,
             metrics_bind_address: None,
             min_sync_period: Duration::from_secs(1),
@@ -156,10 +163,21 @@ impl Inbox {
     }
 }
 
+impl Options {
+    /// The userspace settings with `nodeport_addresses` applied.
+    pub fn userspace_config(&self) -> UserspaceConfig {
+        let mut config = self.userspace.clone();
+        if let Some(addresses) = &self.nodeport_addresses {
+            config.nodeport_addresses = addresses.clone();
+        }
+        config
+    }
+}
+
 /// Creates the backend for a mode.
 pub fn make_backend(opts: &Options) -> anyhow::Result<Box<dyn ProxyBackend>> {
     Ok(match opts.mode {
-        ProxyMode::Userspace => Box::new(UserspaceBackend::new(opts.userspace.clone())),
+        ProxyMode::Userspace => Box::new(UserspaceBackend::new(opts.userspace_config())),
         ProxyMode::None => Box::new(NoopBackend),
         ProxyMode::Nftables => crate::nft::backend(opts)?,
     })
@@ -243,7 +261,7 @@ pub async fn start_with_backend(
     let (status_tx, status_rx) = watch::channel(Status::default());
     let mut state = PlanState::new(NodeInfo::new(opts.node_name.clone()));
     let mut health_servers = ServiceHealthServers::new(
-        nodeport_ips(&opts.userspace.nodeport_addresses),
+        nodeport_ips(&opts.userspace_config().nodeport_addresses),
         health.clone(),
         shutdown.clone(),
     );
