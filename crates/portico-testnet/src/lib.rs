@@ -104,10 +104,13 @@ impl Netns {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Sets a sysctl inside the namespace.
+    /// Sets a sysctl inside the namespace (written to `/proc/sys` from a thread that entered
+    /// it: networking sysctls are per namespace).
     pub fn sysctl(&self, key: &str, value: &str) -> Result<(), Error> {
-        self.exec(&["sysctl", "-qw", &format!("{key}={value}")])
-            .map(|_| ())
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let value = value.to_string();
+        self.run(move || std::fs::write(&path, value).map_err(|e| format!("{path}: {e}")))?
+            .map_err(|e| Error::Netns(self.name.clone(), e))
     }
 
     /// Runs `f` on a new OS thread that has entered this namespace.
