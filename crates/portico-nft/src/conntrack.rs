@@ -176,7 +176,7 @@ impl Conntrack {
         });
         match self.sock.request(&req, seq) {
             Ok(_) => Ok(()),
-            Err(Error::Kernel(msg)) if msg.contains("errno 2)") => Ok(()),
+            Err(Error::Kernel(msg)) if msg.contains("(os error 2)") => Ok(()),
             Err(e) => Err(e),
         }
     }

@@ -186,3 +186,28 @@ fn netlink_programs_what_the_text_says() {
     let out = by_netlink.exec(&["nft", "list", "ruleset"]).unwrap();
     assert!(out.trim().is_empty(), "{out}");
 }
+
+#[test]
+fn kernel_errors_name_the_object_and_the_reason() {
+    require_root!();
+    let ns = Netns::new("err").unwrap();
+    let mut backend = NftBackend::new(Some(ns.path()), config()).unwrap();
+    backend.sync(&sample_plan()).unwrap();
+    // Someone deletes our table behind our back: the next incremental change fails with a
+    // clear message, and the sync after that rebuilds the table from scratch.
+    ns.exec(&["nft", "delete table ip portico"]).unwrap();
+    let mut changed = sample_plan();
+    changed.services.retain(|n, _| n.name != "empty");
+    let err = backend.sync(&changed).unwrap_err().to_string();
+    assert!(
+        err.contains("No such file or directory (os error 2)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cluster-ips") || err.contains("no-endpoint-services"),
+        "{err}"
+    );
+    let stats = backend.sync(&changed).unwrap();
+    assert!(stats.full, "{stats:?}");
+    assert!(list(&ns, "ip").contains("10.96.0.10"));
+}

@@ -222,10 +222,8 @@ pub fn decode_error(reply: &Reply) -> Option<String> {
         return None;
     }
     let errno = -code;
-    let mut text = format!(
-        "{} (errno {errno})",
-        std::io::Error::from_raw_os_error(errno)
-    );
+    // e.g. "File exists (os error 17)".
+    let mut text = std::io::Error::from_raw_os_error(errno).to_string();
     if reply.flags & NLM_F_ACK_TLVS != 0 && p.len() >= 20 {
         // With NETLINK_CAP_ACK only the original header (16 bytes) follows the code.
         for (kind, value) in parse_attrs(&p[20..]) {
