@@ -24,8 +24,16 @@ struct Controllers {
     handle: Option<tokio::task::JoinHandle<()>>,
 }
 
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 impl Controllers {
     async fn start(client: &Client, opts: Options) -> Controllers {
+        init_logs();
         let shutdown = CancellationToken::new();
         let handle = portico_controllers::start(client.clone(), opts, shutdown.clone())
             .await
@@ -178,7 +186,7 @@ fn endpoint_ips(e: &Endpoints) -> (Vec<String>, Vec<String>) {
     (ready, not_ready)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slices_and_endpoints_follow_pods() {
     let server = TestServer::start().await.expect("test server");
     let client = server.client.clone();
@@ -307,7 +315,7 @@ async fn slices_and_endpoints_follow_pods() {
     controllers.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_truncated_above_1000_pods() {
     let server = TestServer::start().await.expect("test server");
     let client = server.client.clone();
@@ -394,7 +402,7 @@ async fn endpoints_truncated_above_1000_pods() {
     controllers.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirroring_of_user_endpoints() {
     let server = TestServer::start().await.expect("test server");
     let client = server.client.clone();
@@ -514,7 +522,7 @@ fn condition(
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_balancer_addresses_from_the_pool() {
     let server = TestServer::start().await.expect("test server");
     let client = server.client.clone();
@@ -657,7 +665,7 @@ async fn load_balancer_addresses_from_the_pool() {
     controllers.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_makes_no_duplicates_and_no_churn() {
     let server = TestServer::start().await.expect("test server");
     let client = server.client.clone();
@@ -741,7 +749,7 @@ async fn restart_makes_no_duplicates_and_no_churn() {
     controllers.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_service_with_two_apiservers() {
     let server = TestServer::start().await.expect("test server");
     let client = server.client.clone();
