@@ -120,7 +120,7 @@ impl WatchCache {
         loop {
             match self.relist(&*store, &prefix).await {
                 Ok(rev) => {
-                    let _ = self.ready.send(true);
+                    self.ready.send_replace(true);
                     match store.watch(&prefix, rev).await {
                         Ok(mut stream) => {
                             while let Some(batch) = stream.next().await {
@@ -166,7 +166,7 @@ impl WatchCache {
         inner.history.clear();
         if !first {
             inner.epoch += 1;
-            let _ = self.epoch_tx.send(inner.epoch);
+            self.epoch_tx.send_replace(inner.epoch);
         }
         Ok(rev)
     }

@@ -14,7 +14,7 @@ fn svc(name: &str) -> Service {
     .unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_get_list_watch_patch_delete() {
     let ts = TestServer::start().await.unwrap();
     let api: Api<Service> = Api::namespaced(ts.client.clone(), "default");
@@ -77,7 +77,7 @@ async fn create_get_list_watch_patch_delete() {
     ts.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaces_exist_and_missing_namespace_is_404() {
     let ts = TestServer::start().await.unwrap();
     let nss: Api<Namespace> = Api::all(ts.client.clone());
@@ -95,7 +95,7 @@ async fn namespaces_exist_and_missing_namespace_is_404() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_runtime_watcher_sees_objects() {
     use kube::runtime::{WatchStreamExt, watcher};
     let ts = TestServer::start().await.unwrap();
