@@ -99,7 +99,7 @@ fn config() -> NftConfig {
     let batch = std::env::var("PORTICO_BENCH_BATCH")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+        .unwrap_or(NftConfig::default().batch_services);
     NftConfig {
         batch_services: batch,
         cluster_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")],

@@ -1,7 +1,11 @@
 //! [`NftBackend`]: keeps the last COMMITTED state in memory, diffs each new [`Plan`] against it
 //! per Service, and sends the difference as one atomic netlink batch. Kernel state is never
-//! read back. A first sync (or one after a failure) rebuilds the table, in batches of
-//! `NftConfig::batch_services` Services because one huge transaction is quadratic in the kernel.
+//! read back. A first sync (or one after a failure) rebuilds the table: in ONE transaction up
+//! to `NftConfig::batch_services` Services (so a restart swaps the old table for the new one
+//! atomically, without a window where Services are missing), in batches of that size beyond.
+//! One huge transaction is quadratic in the kernel for chains, rules and jumps (the
+//! kube-proxy shape), but not for set elements, which is all a Service is here: measured, 30,000
+//! Services load in the same time in 1 or in 30 transactions (bench/nft/RESULTS.md).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
@@ -35,7 +39,8 @@ pub struct NftConfig {
     pub service_cidrs: Vec<IpNet>,
     pub ipv4: bool,
     pub ipv6: bool,
-    /// Services per transaction of a full sync.
+    /// Services per transaction of a full sync (the message of one transaction grows by about
+    /// 1 KiB per Service with 10 endpoints).
     pub batch_services: usize,
     /// Delete stale UDP conntrack entries after each sync that changed a UDP Service.
     pub conntrack_cleanup: bool,
@@ -50,7 +55,7 @@ impl Default for NftConfig {
             service_cidrs: Vec::new(),
             ipv4: true,
             ipv6: true,
-            batch_services: 1000,
+            batch_services: 50_000,
             conntrack_cleanup: true,
         }
     }
