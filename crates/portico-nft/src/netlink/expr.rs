@@ -171,6 +171,8 @@ pub enum Expr {
     Reject {
         icmp_code: u8,
     },
+    /// `reject with tcp reset` (type 1 = NFT_REJECT_TCP_RST).
+    RejectTcpReset,
     Counter,
 }
 
@@ -190,7 +192,7 @@ impl Expr {
             Expr::Immediate { .. } => "immediate",
             Expr::Nat { .. } => "nat",
             Expr::Masq => "masq",
-            Expr::Reject { .. } => "reject",
+            Expr::Reject { .. } | Expr::RejectTcpReset => "reject",
             Expr::Counter => "counter",
         }
     }
@@ -322,6 +324,10 @@ impl Expr {
             Expr::Reject { icmp_code } => {
                 w.be32(1, 0);
                 w.u8(2, *icmp_code);
+            }
+            Expr::RejectTcpReset => {
+                w.be32(1, 1);
+                w.u8(2, 0);
             }
             Expr::Counter => {}
         }
