@@ -51,6 +51,32 @@ fn run(cmd: &[&str]) -> Result<Output, Error> {
     Ok(out)
 }
 
+/// Deletes namespaces this crate created in processes that no longer run (`pt<pid>-…` whose
+/// pid is gone: a test killed before its drop guards ran). Namespaces of live processes,
+/// and every other namespace, are left alone.
+pub fn remove_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix("pt")
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+}
+
 /// One network namespace, deleted on drop.
 #[derive(Debug)]
 pub struct Netns {
@@ -328,6 +354,7 @@ pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 0x10
 impl Sandbox {
     /// Builds `nodes` nodes (at most 50), a dead-end gateway and an external client.
     pub fn build(nodes: usize) -> Result<Sandbox, Error> {
+        remove_stale();
         let gateway = Netns::new("gw")?;
         gateway.ip(&["link", "add", "under", "type", "bridge"])?;
         gateway.ip(&["addr", "add", &format!("{GATEWAY_IP}/24"), "dev", "under"])?;
