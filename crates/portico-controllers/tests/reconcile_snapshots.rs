@@ -356,7 +356,7 @@ fn publish_not_ready_addresses() {
 #[test]
 fn unknown_node_is_skipped_and_reported() {
     let svc = service("gone", vec![port("http", 80, IntOrString::Int(8080))]);
-    let pods = vec![
+    let pods = [
         pod("a", &["10.0.0.1"], true, "node-gone"),
         pod("b", &["10.0.0.2"], true, "node-a"),
     ];
@@ -591,7 +591,7 @@ fn endpoints_repack_named_ports() {
             port("metrics", 9090, IntOrString::Int(9090)),
         ],
     );
-    let pods = vec![
+    let pods = [
         with_named_port(pod("a", &["10.0.0.1"], true, "node-a"), "web", 3000),
         with_named_port(pod("b", &["10.0.0.2"], false, "node-a"), "web", 3000),
         with_named_port(pod("c", &["10.0.0.3"], true, "node-a"), "web", 3001),
