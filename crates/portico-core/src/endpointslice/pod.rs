@@ -222,9 +222,9 @@ mod tests {
         );
         assert!(!should_be_in_endpoints(&pod, false));
         assert!(should_be_in_endpoints(&pod, true));
-        pod.status
-            .as_mut()
-            .map(|s| s.phase = Some("Succeeded".into()));
+        if let Some(s) = pod.status.as_mut() {
+            s.phase = Some("Succeeded".into());
+        }
         assert!(!should_be_in_endpoints(&pod, true));
         let no_ip = Pod::default();
         assert!(!should_be_in_endpoints(&no_ip, true));
