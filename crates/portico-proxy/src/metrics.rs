@@ -32,13 +32,10 @@ impl Metrics {
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::default();
         let sync_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
-        let network_programming = Histogram::new(
-            [
-                0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 15.0, 20.0, 30.0,
-                60.0, 120.0, 300.0,
-            ]
-            .into_iter(),
-        );
+        let network_programming = Histogram::new([
+            0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 15.0, 20.0, 30.0, 60.0,
+            120.0, 300.0,
+        ]);
         let last_sync = Gauge::<f64, AtomicU64>::default();
         let sync_failures = Counter::default();
         registry.register(

@@ -132,11 +132,11 @@ impl Handle {
 }
 
 enum SourceEvent {
-    Service(Service),
-    ServiceDeleted(Service),
-    Slice(EndpointSlice),
-    SliceDeleted(EndpointSlice),
-    Node(Node),
+    Service(Box<Service>),
+    ServiceDeleted(Box<Service>),
+    Slice(Box<EndpointSlice>),
+    SliceDeleted(Box<EndpointSlice>),
+    Node(Box<Node>),
 }
 
 #[derive(Default)]
@@ -364,8 +364,8 @@ fn spawn_watchers(
             let (inbox, notify) = (inbox.clone(), notify.clone());
             move |e| {
                 inbox.push(match e {
-                    Change::Apply(s) => SourceEvent::Service(s),
-                    Change::Delete(s) => SourceEvent::ServiceDeleted(s),
+                    Change::Apply(s) => SourceEvent::Service(Box::new(s)),
+                    Change::Delete(s) => SourceEvent::ServiceDeleted(Box::new(s)),
                 });
                 notify();
             }
@@ -388,8 +388,8 @@ fn spawn_watchers(
             let (inbox, notify) = (inbox.clone(), notify.clone());
             move |e| {
                 inbox.push(match e {
-                    Change::Apply(s) => SourceEvent::Slice(s),
-                    Change::Delete(s) => SourceEvent::SliceDeleted(s),
+                    Change::Apply(s) => SourceEvent::Slice(Box::new(s)),
+                    Change::Delete(s) => SourceEvent::SliceDeleted(Box::new(s)),
                 });
                 notify();
             }
@@ -423,7 +423,7 @@ fn spawn_watchers(
                     n
                 }
             };
-            inbox.push(SourceEvent::Node(node));
+            inbox.push(SourceEvent::Node(Box::new(node)));
             notify();
         },
         || {},

@@ -472,3 +472,98 @@ async fn bulk_transfer_is_exact() {
         expected.len()
     );
 }
+
+async fn http_get(addr: SocketAddr) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or_default();
+    (status, head.to_lowercase(), body.to_string())
+}
+
+#[tokio::test]
+async fn health_check_node_port_reports_local_endpoints() {
+    use portico_proxy::health::{ProxyHealth, ServiceHealthServers};
+    let a = tcp_backend("a").await;
+    let (ip, port, hc_port) = (frontend_ip(), free_port(), free_port());
+    let hc_ip = frontend_ip();
+    let svc = service(
+        "lb",
+        ip,
+        port,
+        "TCP",
+        json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": hc_port,
+               "ports": [{"name": "http", "port": port, "protocol": "TCP", "nodePort": free_port()}]}),
+    );
+    let health = ProxyHealth::new(Duration::from_secs(60));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut servers = ServiceHealthServers::new(vec![hc_ip], health, shutdown.clone());
+    let local = [slice(
+        "lb",
+        "lb-1",
+        a.port(),
+        "TCP",
+        vec![ep(a, "node-a", true, false)],
+    )];
+    servers.sync(&plan(std::slice::from_ref(&svc), &local));
+    let (status, head, body) = http_get(SocketAddr::new(hc_ip, hc_port)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        head.contains("x-load-balancing-endpoint-weight: 1"),
+        "{head}"
+    );
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+    assert_eq!(
+        body,
+        "{\n\t\"service\": {\n\t\t\"namespace\": \"ns\",\n\t\t\"name\": \"lb\"\n\t},\n\t\"localEndpoints\": 1,\n\t\"serviceProxyHealthy\": true\n}"
+    );
+    let remote = [slice(
+        "lb",
+        "lb-1",
+        a.port(),
+        "TCP",
+        vec![ep(a, "node-b", true, false)],
+    )];
+    servers.sync(&plan(&[svc], &remote));
+    let (status, _, body) = http_get(SocketAddr::new(hc_ip, hc_port)).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"localEndpoints\": 0"), "{body}");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn internal_policy_local_without_local_endpoint_drops() {
+    let a = tcp_backend("a").await;
+    let (ip, port) = (frontend_ip(), free_port());
+    let mut backend = UserspaceBackend::new(config(Balance::Random));
+    let svc = service(
+        "itp",
+        ip,
+        port,
+        "TCP",
+        json!({"internalTrafficPolicy": "Local"}),
+    );
+    let remote = [slice(
+        "itp",
+        "i-1",
+        a.port(),
+        "TCP",
+        vec![ep(a, "node-b", true, false)],
+    )];
+    sync(&mut backend, &plan(&[svc], &remote));
+    // Dropped: no answer and no reset (the client would time out).
+    let mut s = TcpStream::connect(SocketAddr::new(ip, port))
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 8];
+    let r = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await;
+    assert!(r.is_err(), "expected silence, got {r:?}");
+}

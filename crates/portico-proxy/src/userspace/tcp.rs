@@ -81,9 +81,23 @@ async fn handle(
         Decision::Forward(list) => list,
         Decision::Verdict(NoEndpoints::Reject) => return reset(client),
         Decision::Verdict(NoEndpoints::Drop) => {
-            // A userspace proxy cannot ignore a SYN; hold the connection silently instead.
-            let mut buf = [0u8; 1];
-            let _ = tokio::time::timeout(DROP_HOLD, client.peek(&mut buf)).await;
+            // A userspace proxy cannot ignore a SYN; hold the connection silently instead,
+            // discarding what the client sends, until it gives up or the hold ends.
+            let discard = async {
+                let mut buf = [0u8; 1024];
+                loop {
+                    if client.readable().await.is_err() {
+                        return;
+                    }
+                    match client.try_read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DROP_HOLD, discard).await;
             return reset(client);
         }
     };
