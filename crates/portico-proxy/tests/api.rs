@@ -167,7 +167,7 @@ async fn proxy_follows_the_api() {
         )
         .await
         .expect("patch to NodePort");
-    let np = SocketAddr::new(node_port_ip, u16::try_from(node_port).expect("port"));
+    let np = SocketAddr::new(node_port_ip, node_port);
     eventually("node port", async || {
         (who(np).await.ok()? == "b").then_some(())
     })
