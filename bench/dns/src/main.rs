@@ -669,8 +669,8 @@ async fn latency(preload: usize, creates: usize) -> anyhow::Result<(String, Vec<
         services.create(&PostParams::default(), &make(name)?).await?;
         let t1 = Instant::now();
         loop {
-            let fqdn = fqdn.clone();
-            let answered = tokio::task::spawn_blocking(move || matches!(probe(port, &fqdn, 1), Some((0, n)) if n > 0)).await?;
+            let name = fqdn.clone();
+            let answered = tokio::task::spawn_blocking(move || matches!(probe(port, &name, 1), Some((0, n)) if n > 0)).await?;
             if answered {
                 break;
             }
