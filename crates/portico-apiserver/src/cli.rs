@@ -154,9 +154,17 @@ pub async fn start_with_store(args: Args, store: Arc<dyn Store>) -> Result<Runni
         tasks.push(tokio::spawn(c.clone().run(store.clone())));
         caches.insert(info.plural, c);
     }
-    let hooks: HashMap<&'static str, Arc<dyn ObjectHooks>> = HashMap::new();
+    let mut hooks: HashMap<&'static str, Arc<dyn ObjectHooks>> = HashMap::new();
+    let (first, last) = args.node_port_range()?;
+    let service_config = crate::service::ServiceConfig { cluster_ip_ranges: args.cluster_ip_ranges()?, node_port_range: first..=last };
+    service_config.validate().map_err(|e| anyhow::anyhow!(e))?;
+    let service_hooks = crate::service::ServiceHooks::new(store.clone(), service_config);
+    service_hooks.start().await.map_err(|e| anyhow::anyhow!("starting the Service strategy: {e}"))?;
+    hooks.insert("ipaddresses", service_hooks.ip_address_hooks());
+    hooks.insert("servicecidrs", service_hooks.service_cidr_hooks());
+    hooks.insert("services", service_hooks);
     let (ns_tx, mut ns_rx) = mpsc::unbounded_channel::<String>();
-    let api = Arc::new(Api { store: store.clone(), caches: caches.clone(), hooks, service_fallback: true, namespace_cleanup: ns_tx });
+    let api = Arc::new(Api { store: store.clone(), caches: caches.clone(), hooks, service_fallback: false, namespace_cleanup: ns_tx });
     for c in caches.values() {
         c.wait_ready().await;
     }

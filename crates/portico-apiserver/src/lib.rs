@@ -9,7 +9,6 @@ pub mod cli;
 pub mod codec;
 pub mod discovery;
 pub mod error;
-mod fallback;
 mod glue;
 pub mod handlers;
 pub mod hooks;
