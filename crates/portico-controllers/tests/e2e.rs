@@ -58,6 +58,14 @@ impl Drop for Controllers {
     }
 }
 
+/// Starts the API server, failing fast instead of hanging if it never becomes ready.
+async fn start_server() -> TestServer {
+    tokio::time::timeout(Duration::from_secs(60), TestServer::start())
+        .await
+        .expect("TestServer::start did not finish within 60 s")
+        .expect("test server")
+}
+
 /// Polls `check` until it returns `Some`, or fails after `WAIT`.
 async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
@@ -188,7 +196,7 @@ fn endpoint_ips(e: &Endpoints) -> (Vec<String>, Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slices_and_endpoints_follow_pods() {
-    let server = TestServer::start().await.expect("test server");
+    let server = start_server().await;
     let client = server.client.clone();
     let controllers = Controllers::start(&client, Options::default()).await;
     create_node(&client, "node-a", "zone-a").await;
@@ -317,7 +325,7 @@ async fn slices_and_endpoints_follow_pods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_truncated_above_1000_pods() {
-    let server = TestServer::start().await.expect("test server");
+    let server = start_server().await;
     let client = server.client.clone();
     let controllers = Controllers::start(
         &client,
@@ -404,7 +412,7 @@ async fn endpoints_truncated_above_1000_pods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirroring_of_user_endpoints() {
-    let server = TestServer::start().await.expect("test server");
+    let server = start_server().await;
     let client = server.client.clone();
     let controllers = Controllers::start(&client, Options::default()).await;
     let services: Api<Service> = Api::namespaced(client.clone(), NS);
@@ -524,7 +532,7 @@ fn condition(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_balancer_addresses_from_the_pool() {
-    let server = TestServer::start().await.expect("test server");
+    let server = start_server().await;
     let client = server.client.clone();
     let pools: Pools = "192.0.2.10-192.0.2.11".parse().unwrap();
     let controllers = Controllers::start(
@@ -667,7 +675,7 @@ async fn load_balancer_addresses_from_the_pool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_makes_no_duplicates_and_no_churn() {
-    let server = TestServer::start().await.expect("test server");
+    let server = start_server().await;
     let client = server.client.clone();
     let controllers = Controllers::start(&client, Options::default()).await;
     create_node(&client, "node-a", "zone-a").await;
@@ -751,7 +759,7 @@ async fn restart_makes_no_duplicates_and_no_churn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_service_with_two_apiservers() {
-    let server = TestServer::start().await.expect("test server");
+    let server = start_server().await;
     let client = server.client.clone();
     let controllers = Controllers::start(&client, Options::default()).await;
     let mk = |ip: &str| portico_controllers::KubernetesServiceOptions {
