@@ -98,37 +98,46 @@ async fn handle(State(server): State<Arc<Server>>, req: Request) -> Response {
         Err(e) => return e.into_response(),
     };
     let labels = metric_labels(&method, target.as_ref(), &q, &parts.headers);
-    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
-    let resp = if declared.is_some_and(|n| n > MAX_BODY) {
-        ApiError::too_large().into_response()
-    } else {
-        match http_body_util::Limited::new(body, MAX_BODY).collect().await {
-            Err(e) => {
-                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                    ApiError::too_large().into_response()
-                } else {
-                    ApiError::bad_request(format!("error reading request body: {e}")).into_response()
-                }
-            }
-            Ok(collected) => {
-                let body = collected.to_bytes();
-                match target {
-                    Some(t) => match server.api.serve(&method, t, &q, &parts.headers, body).await {
-                        Ok(r) => r,
-                        Err(e) => e.into_response(),
-                    },
-                    None => match non_resource(&server, &method, &path, &q, &parts.headers).await {
-                        Ok(r) => r,
-                        Err(e) => e.into_response(),
-                    },
-                }
-            }
-        }
+    let resp = match read_body(body).await {
+        Err(e) => e.into_response(),
+        Ok(body) => match target {
+            Some(t) => match server.api.serve(&method, t, &q, &parts.headers, body).await {
+                Ok(r) => r,
+                Err(e) => e.into_response(),
+            },
+            None => match non_resource(&server, &method, &path, &q, &parts.headers).await {
+                Ok(r) => r,
+                Err(e) => e.into_response(),
+            },
+        },
     };
     if let Some(l) = labels {
         server.metrics.observe(l, resp.status().as_u16(), started.elapsed());
     }
     resp
+}
+
+/// Reads the body up to [`MAX_BODY`]. A larger body is drained (up to a hard cap) before the
+/// 413, so HTTP/1.1 clients still writing it read the Status instead of a broken pipe.
+async fn read_body(mut body: Body) -> Result<bytes::Bytes, ApiError> {
+    const DRAIN_CAP: usize = 64 * 1024 * 1024;
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("error reading request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= MAX_BODY {
+                buf.extend_from_slice(&data);
+            } else if seen > DRAIN_CAP {
+                break;
+            }
+        }
+    }
+    if seen > MAX_BODY {
+        return Err(ApiError::too_large());
+    }
+    Ok(buf.freeze())
 }
 
 fn metric_labels(method: &Method, target: Option<&Target>, q: &Query, headers: &axum::http::HeaderMap) -> Option<Labels> {
