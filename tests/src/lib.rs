@@ -49,7 +49,11 @@ impl Portico {
     }
 
     /// Starts on an existing data dir (for restart tests).
-    pub fn start_in(subcommand: &str, data_dir: tempfile::TempDir, extra: &[&str]) -> Result<Portico> {
+    pub fn start_in(
+        subcommand: &str,
+        data_dir: tempfile::TempDir,
+        extra: &[&str],
+    ) -> Result<Portico> {
         let bin = portico_bin();
         let mut child = Command::new(&bin)
             .arg(subcommand)
@@ -83,8 +87,19 @@ impl Portico {
                 }
             };
             if let Some((url, kubeconfig)) = parse_listening(&line) {
-                let port = url.rsplit(':').next().and_then(|p| p.parse().ok()).context("port in listening line")?;
-                return Ok(Portico { child, url, port, kubeconfig, data_dir, _stdout: reader });
+                let port = url
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .context("port in listening line")?;
+                return Ok(Portico {
+                    child,
+                    url,
+                    port,
+                    kubeconfig,
+                    data_dir,
+                    _stdout: reader,
+                });
             }
         }
     }
@@ -104,7 +119,10 @@ impl Portico {
 
     /// Sends SIGTERM and waits up to `timeout` for a clean exit; returns its exit success.
     pub fn terminate(mut self, timeout: Duration) -> Result<bool> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(st) = self.child.try_wait()? {
@@ -132,7 +150,11 @@ impl Drop for Portico {
 
 /// Directory holding the versioned kubectl binaries (`kubectl.1.27` … `kubectl.1.33`).
 pub fn kubectl_dir() -> Option<PathBuf> {
-    let which = Command::new("sh").arg("-c").arg("readlink -f \"$(command -v kubectl)\"").output().ok()?;
+    let which = Command::new("sh")
+        .arg("-c")
+        .arg("readlink -f \"$(command -v kubectl)\"")
+        .output()
+        .ok()?;
     let p = PathBuf::from(String::from_utf8_lossy(&which.stdout).trim());
     p.parent().map(Path::to_path_buf)
 }
@@ -143,7 +165,10 @@ mod tests {
 
     #[test]
     fn listening_line() {
-        let (u, k) = parse_listening("portico apiserver listening on https://127.0.0.1:4431 kubeconfig=/tmp/x/kubeconfig").unwrap();
+        let (u, k) = parse_listening(
+            "portico apiserver listening on https://127.0.0.1:4431 kubeconfig=/tmp/x/kubeconfig",
+        )
+        .unwrap();
         assert_eq!(u, "https://127.0.0.1:4431");
         assert_eq!(k, PathBuf::from("/tmp/x/kubeconfig"));
         assert!(parse_listening("something else").is_none());

@@ -70,14 +70,24 @@ impl Args {
     pub fn cluster_ip_ranges(&self) -> Result<Vec<ipnet::IpNet>> {
         self.service_cluster_ip_range
             .split(',')
-            .map(|s| s.trim().parse::<ipnet::IpNet>().with_context(|| format!("--service-cluster-ip-range: invalid CIDR {s:?}")))
+            .map(|s| {
+                s.trim()
+                    .parse::<ipnet::IpNet>()
+                    .with_context(|| format!("--service-cluster-ip-range: invalid CIDR {s:?}"))
+            })
             .collect()
     }
     /// The parsed `--service-node-port-range` (inclusive).
     pub fn node_port_range(&self) -> Result<(u16, u16)> {
-        let (a, b) = self.service_node_port_range.split_once('-').context("--service-node-port-range: expected first-last")?;
+        let (a, b) = self
+            .service_node_port_range
+            .split_once('-')
+            .context("--service-node-port-range: expected first-last")?;
         let (a, b): (u16, u16) = (a.trim().parse()?, b.trim().parse()?);
-        anyhow::ensure!(a <= b, "--service-node-port-range: first port is above last");
+        anyhow::ensure!(
+            a <= b,
+            "--service-node-port-range: first port is above last"
+        );
         Ok((a, b))
     }
 }
@@ -128,13 +138,15 @@ async fn open_store(args: &Args) -> Result<Arc<dyn Store>> {
         return Ok(s);
     }
     let path = args.data_dir.join("portico.redb");
-    let s = portico_store::embedded::EmbeddedStore::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let s = portico_store::embedded::EmbeddedStore::open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
     Ok(s)
 }
 
 /// Starts the server on `args`' store (embedded under --data-dir, or etcd).
 pub async fn start(args: Args) -> Result<Running> {
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let store = open_store(&args).await?;
     start_with_store(args, store).await
 }
@@ -143,7 +155,8 @@ pub async fn start(args: Args) -> Result<Running> {
 pub async fn start_with_store(args: Args, store: Arc<dyn Store>) -> Result<Running> {
     args.cluster_ip_ranges()?;
     args.node_port_range()?;
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
 
@@ -156,15 +169,27 @@ pub async fn start_with_store(args: Args, store: Arc<dyn Store>) -> Result<Runni
     }
     let mut hooks: HashMap<&'static str, Arc<dyn ObjectHooks>> = HashMap::new();
     let (first, last) = args.node_port_range()?;
-    let service_config = crate::service::ServiceConfig { cluster_ip_ranges: args.cluster_ip_ranges()?, node_port_range: first..=last };
+    let service_config = crate::service::ServiceConfig {
+        cluster_ip_ranges: args.cluster_ip_ranges()?,
+        node_port_range: first..=last,
+    };
     service_config.validate().map_err(|e| anyhow::anyhow!(e))?;
     let service_hooks = crate::service::ServiceHooks::new(store.clone(), service_config);
-    service_hooks.start().await.map_err(|e| anyhow::anyhow!("starting the Service strategy: {e}"))?;
+    service_hooks
+        .start()
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the Service strategy: {e}"))?;
     hooks.insert("ipaddresses", service_hooks.ip_address_hooks());
     hooks.insert("servicecidrs", service_hooks.service_cidr_hooks());
     hooks.insert("services", service_hooks);
     let (ns_tx, mut ns_rx) = mpsc::unbounded_channel::<String>();
-    let api = Arc::new(Api { store: store.clone(), caches: caches.clone(), hooks, service_fallback: false, namespace_cleanup: ns_tx });
+    let api = Arc::new(Api {
+        store: store.clone(),
+        caches: caches.clone(),
+        hooks,
+        service_fallback: false,
+        namespace_cleanup: ns_tx,
+    });
     for c in caches.values() {
         c.wait_ready().await;
     }
@@ -182,18 +207,33 @@ pub async fn start_with_store(args: Args, store: Arc<dyn Store>) -> Result<Runni
         }));
     }
     bootstrap(&api).await?;
-    tasks.push(portico_store::compaction::spawn_auto_compaction(store.clone(), portico_store::compaction::CompactionPolicy::default()));
+    tasks.push(portico_store::compaction::spawn_auto_compaction(
+        store.clone(),
+        portico_store::compaction::CompactionPolicy::default(),
+    ));
 
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.bind_address, args.secure_port))
-        .await
-        .with_context(|| format!("binding {}:{}", args.bind_address, args.secure_port))?;
+    let listener =
+        tokio::net::TcpListener::bind(SocketAddr::new(args.bind_address, args.secure_port))
+            .await
+            .with_context(|| format!("binding {}:{}", args.bind_address, args.secure_port))?;
     let addr = listener.local_addr()?;
-    let host = if args.bind_address.is_unspecified() { IpAddr::from([127, 0, 0, 1]) } else { args.bind_address };
+    let host = if args.bind_address.is_unspecified() {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        args.bind_address
+    };
     let url = match host {
         IpAddr::V6(h) => format!("https://[{h}]:{}", addr.port()),
         IpAddr::V4(h) => format!("https://{h}:{}", addr.port()),
     };
-    let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string(), "kubernetes".into(), "kubernetes.default".into(), "kubernetes.default.svc".into()];
+    let mut sans = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+    ];
     sans.push(format!("kubernetes.default.svc.{}", args.cluster_domain));
     if !args.bind_address.is_unspecified() && !sans.contains(&args.bind_address.to_string()) {
         sans.push(args.bind_address.to_string());
@@ -204,8 +244,12 @@ pub async fn start_with_store(args: Args, store: Arc<dyn Store>) -> Result<Runni
         }
     }
     let pki = crate::pki::ensure(&args.data_dir, &sans)?;
-    let kubeconfig_path = crate::pki::write_kubeconfig(&args.data_dir.join("kubeconfig"), &pki.kubeconfig(&url))?;
-    let cert_kubeconfig_path = crate::pki::write_kubeconfig(&args.data_dir.join("kubeconfig-cert"), &pki.cert_kubeconfig(&url))?;
+    let kubeconfig_path =
+        crate::pki::write_kubeconfig(&args.data_dir.join("kubeconfig"), &pki.kubeconfig(&url))?;
+    let cert_kubeconfig_path = crate::pki::write_kubeconfig(
+        &args.data_dir.join("kubeconfig-cert"),
+        &pki.cert_kubeconfig(&url),
+    )?;
 
     let srv = Arc::new(Server {
         api: api.clone(),
@@ -215,13 +259,29 @@ pub async fn start_with_store(args: Args, store: Arc<dyn Store>) -> Result<Runni
         server_address: format!("{}:{}", host, addr.port()),
     });
     let app = server::router(srv.clone());
-    let serve = tokio::spawn(server::serve_tls(listener, pki.server_config()?, app, shutdown.clone()));
+    let serve = tokio::spawn(server::serve_tls(
+        listener,
+        pki.server_config()?,
+        app,
+        shutdown.clone(),
+    ));
     srv.ready.store(true, Ordering::Relaxed);
 
     let kc = kube::config::Kubeconfig::from_yaml(&pki.kubeconfig(&url))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await?;
     let client = kube::Client::try_from(cfg)?;
-    Ok(Running { addr, kubeconfig_path, cert_kubeconfig_path, client, store, url, shutdown, tasks, serve })
+    Ok(Running {
+        addr,
+        kubeconfig_path,
+        cert_kubeconfig_path,
+        client,
+        store,
+        url,
+        shutdown,
+        tasks,
+        serve,
+    })
 }
 
 /// Creates the namespaces that always exist.
@@ -229,7 +289,10 @@ async fn bootstrap(api: &Api) -> Result<()> {
     let ns_info = resources::by_plural("namespaces").context("namespaces resource")?;
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-        match api.create(ns_info, None, obj, false, "kube-apiserver").await {
+        match api
+            .create(ns_info, None, obj, false, "kube-apiserver")
+            .await
+        {
             Ok(_) => {}
             Err(e) if e.code == 409 => {}
             Err(e) => anyhow::bail!("creating namespace {ns}: {e}"),
@@ -240,7 +303,9 @@ async fn bootstrap(api: &Api) -> Result<()> {
     for kv in page.kvs {
         let obj = crate::object::decode_stored(&kv)?;
         if crate::object::meta_str(&obj, "deletionTimestamp").is_some() {
-            let _ = api.namespace_cleanup.send(crate::object::name(&obj).to_string());
+            let _ = api
+                .namespace_cleanup
+                .send(crate::object::name(&obj).to_string());
         }
     }
     Ok(())
@@ -261,8 +326,17 @@ pub async fn run(args: Args) -> Result<()> {
 pub fn announce(running: &Running) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "portico apiserver listening on {} kubeconfig={}", running.url, running.kubeconfig_path.display());
-    let _ = writeln!(out, "try: kubectl --kubeconfig {} get services -A", running.kubeconfig_path.display());
+    let _ = writeln!(
+        out,
+        "portico apiserver listening on {} kubeconfig={}",
+        running.url,
+        running.kubeconfig_path.display()
+    );
+    let _ = writeln!(
+        out,
+        "try: kubectl --kubeconfig {} get services -A",
+        running.kubeconfig_path.display()
+    );
     let _ = out.flush();
 }
 

@@ -14,7 +14,13 @@ pub fn content_type(headers: &HeaderMap) -> String {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default()
 }
 
@@ -34,12 +40,14 @@ pub fn decode_body(ct: &str, body: &[u8]) -> Result<Value, ApiError> {
 }
 
 pub fn decode_yaml(body: &[u8]) -> Result<Value, ApiError> {
-    let text = std::str::from_utf8(body).map_err(|e| ApiError::bad_request(format!("yaml: invalid UTF-8: {e}")))?;
+    let text = std::str::from_utf8(body)
+        .map_err(|e| ApiError::bad_request(format!("yaml: invalid UTF-8: {e}")))?;
     // JSON is YAML; parse it strictly first so JSON errors read as JSON errors.
     if let Ok(v) = serde_json::from_str::<Value>(text) {
         return Ok(v);
     }
-    let v: Value = serde_saphyr::from_str(text).map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))?;
+    let v: Value = serde_saphyr::from_str(text)
+        .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))?;
     Ok(v)
 }
 
@@ -80,7 +88,10 @@ pub fn negotiate(headers: &HeaderMap) -> Result<Output, ApiError> {
             }
         }
         if as_ == "Table" {
-            if (media == "application/json" || media == "*/*") && g == "meta.k8s.io" && (v == "v1" || v == "v1beta1") {
+            if (media == "application/json" || media == "*/*")
+                && g == "meta.k8s.io"
+                && (v == "v1" || v == "v1beta1")
+            {
                 return Ok(Output::Table);
             }
             continue;
@@ -88,7 +99,10 @@ pub fn negotiate(headers: &HeaderMap) -> Result<Output, ApiError> {
         if !as_.is_empty() {
             continue;
         }
-        if matches!(media.as_str(), "application/json" | "*/*" | "application/*" | "application/yaml" | "*") {
+        if matches!(
+            media.as_str(),
+            "application/json" | "*/*" | "application/*" | "application/yaml" | "*"
+        ) {
             return Ok(Output::Json);
         }
     }
@@ -103,7 +117,10 @@ pub fn negotiate(headers: &HeaderMap) -> Result<Output, ApiError> {
 pub fn json(code: StatusCode, v: &Value) -> Response {
     let body = serde_json::to_vec(v).unwrap_or_default();
     let mut r = (code, body).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -121,10 +138,27 @@ mod tests {
     fn negotiation() {
         let t = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
         assert_eq!(negotiate(&accept(t)).unwrap(), Output::Table);
-        assert_eq!(negotiate(&accept("application/json")).unwrap(), Output::Json);
-        assert_eq!(negotiate(&accept("application/vnd.kubernetes.protobuf,application/json")).unwrap(), Output::Json);
-        assert_eq!(negotiate(&accept("application/json, */*")).unwrap(), Output::Json);
-        assert_eq!(negotiate(&accept("application/vnd.kubernetes.protobuf")).unwrap_err().code, 406);
+        assert_eq!(
+            negotiate(&accept("application/json")).unwrap(),
+            Output::Json
+        );
+        assert_eq!(
+            negotiate(&accept(
+                "application/vnd.kubernetes.protobuf,application/json"
+            ))
+            .unwrap(),
+            Output::Json
+        );
+        assert_eq!(
+            negotiate(&accept("application/json, */*")).unwrap(),
+            Output::Json
+        );
+        assert_eq!(
+            negotiate(&accept("application/vnd.kubernetes.protobuf"))
+                .unwrap_err()
+                .code,
+            406
+        );
         assert_eq!(negotiate(&HeaderMap::new()).unwrap(), Output::Json);
     }
 
@@ -132,8 +166,14 @@ mod tests {
     fn bodies() {
         assert!(decode_body("application/json", b"{\"a\":1}").is_ok());
         assert_eq!(decode_body("application/json", b"{").unwrap_err().code, 400);
-        assert_eq!(decode_body("application/yaml", b"a: 1\nb: [x]\n").unwrap()["b"][0], "x");
-        assert_eq!(decode_body("application/yaml", b"a: [").unwrap_err().code, 400);
+        assert_eq!(
+            decode_body("application/yaml", b"a: 1\nb: [x]\n").unwrap()["b"][0],
+            "x"
+        );
+        assert_eq!(
+            decode_body("application/yaml", b"a: [").unwrap_err().code,
+            400
+        );
         assert_eq!(decode_body("text/plain", b"x").unwrap_err().code, 415);
     }
 }

@@ -70,7 +70,11 @@ fn resource_entry(r: &ResourceInfo) -> Value {
 }
 
 fn group_entry(group: &str, dv: &str) -> Value {
-    let resources: Vec<Value> = RESOURCES.iter().filter(|r| r.group == group).map(resource_entry).collect();
+    let resources: Vec<Value> = RESOURCES
+        .iter()
+        .filter(|r| r.group == group)
+        .map(resource_entry)
+        .collect();
     let _ = dv;
     json!({"metadata": {"name": group, "creationTimestamp": null}, "versions": [{"version": "v1", "resources": resources, "freshness": "Current"}]})
 }
@@ -83,7 +87,8 @@ fn aggregated(groups: &[&str], dv: &'static str) -> Response {
     if let Ok(v) = HeaderValue::from_str(&ct) {
         r.headers_mut().insert(header::CONTENT_TYPE, v);
     }
-    r.headers_mut().insert(header::VARY, HeaderValue::from_static("Accept"));
+    r.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Accept"));
     r
 }
 
@@ -108,7 +113,10 @@ pub fn apis(headers: &HeaderMap) -> Response {
         return aggregated(GROUPS, dv);
     }
     let groups: Vec<Value> = GROUPS.iter().map(|g| group_legacy(g)).collect();
-    codec::json(StatusCode::OK, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+    codec::json(
+        StatusCode::OK,
+        &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+    )
 }
 
 fn group_legacy(g: &str) -> Value {
@@ -150,8 +158,14 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             list.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]}));
         }
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}),
+    )
 }
 
 #[cfg(test)]
@@ -165,11 +179,20 @@ mod tests {
         assert_eq!(aggregated_version(&h), Some("v2"));
         h.insert(header::ACCEPT, HeaderValue::from_static("application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json"));
         assert_eq!(aggregated_version(&h), Some("v2beta1"));
-        h.insert(header::ACCEPT, HeaderValue::from_static("application/json, */*"));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, */*"),
+        );
         assert_eq!(aggregated_version(&h), None);
         let r = api(&h, "127.0.0.1:1");
         assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
-        assert!(resource_list("", "v1").unwrap()["resources"].as_array().unwrap().iter().any(|r| r["name"] == "services/status"));
+        assert!(
+            resource_list("", "v1").unwrap()["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["name"] == "services/status")
+        );
         assert!(resource_list("bogus", "v1").is_none());
     }
 }

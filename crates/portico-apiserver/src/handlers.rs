@@ -46,8 +46,16 @@ pub struct Api {
 /// What a request addresses.
 #[derive(Debug, Clone)]
 pub enum Target {
-    Collection { info: &'static ResourceInfo, ns: Option<String> },
-    Object { info: &'static ResourceInfo, ns: Option<String>, name: String, sub: Option<String> },
+    Collection {
+        info: &'static ResourceInfo,
+        ns: Option<String>,
+    },
+    Object {
+        info: &'static ResourceInfo,
+        ns: Option<String>,
+        name: String,
+        sub: Option<String>,
+    },
 }
 
 impl Target {
@@ -68,32 +76,60 @@ pub fn parse_path(path: &str) -> Option<Target> {
     };
     let find = |p: &str| resources::find(group, version, p);
     match rest {
-        [plural] => Some(Target::Collection { info: find(plural)?, ns: None }),
-        ["namespaces", ns, sub] if group.is_empty() && (*sub == "status" || *sub == "finalize") => Some(Target::Object {
-            info: find("namespaces")?,
+        [plural] => Some(Target::Collection {
+            info: find(plural)?,
             ns: None,
-            name: ns.to_string(),
-            sub: Some(sub.to_string()),
         }),
+        ["namespaces", ns, sub] if group.is_empty() && (*sub == "status" || *sub == "finalize") => {
+            Some(Target::Object {
+                info: find("namespaces")?,
+                ns: None,
+                name: ns.to_string(),
+                sub: Some(sub.to_string()),
+            })
+        }
         ["namespaces", ns, plural] => {
             let info = find(plural)?;
-            info.namespaced.then(|| Target::Collection { info, ns: Some(ns.to_string()) })
+            info.namespaced.then(|| Target::Collection {
+                info,
+                ns: Some(ns.to_string()),
+            })
         }
         ["namespaces", ns, plural, name] => {
             let info = find(plural)?;
-            info.namespaced.then(|| Target::Object { info, ns: Some(ns.to_string()), name: name.to_string(), sub: None })
+            info.namespaced.then(|| Target::Object {
+                info,
+                ns: Some(ns.to_string()),
+                name: name.to_string(),
+                sub: None,
+            })
         }
         ["namespaces", ns, plural, name, sub] => {
             let info = find(plural)?;
-            info.namespaced.then(|| Target::Object { info, ns: Some(ns.to_string()), name: name.to_string(), sub: Some(sub.to_string()) })
+            info.namespaced.then(|| Target::Object {
+                info,
+                ns: Some(ns.to_string()),
+                name: name.to_string(),
+                sub: Some(sub.to_string()),
+            })
         }
         [plural, name] => {
             let info = find(plural)?;
-            (!info.namespaced).then(|| Target::Object { info, ns: None, name: name.to_string(), sub: None })
+            (!info.namespaced).then(|| Target::Object {
+                info,
+                ns: None,
+                name: name.to_string(),
+                sub: None,
+            })
         }
         [plural, name, sub] => {
             let info = find(plural)?;
-            (!info.namespaced).then(|| Target::Object { info, ns: None, name: name.to_string(), sub: Some(sub.to_string()) })
+            (!info.namespaced).then(|| Target::Object {
+                info,
+                ns: None,
+                name: name.to_string(),
+                sub: Some(sub.to_string()),
+            })
         }
         _ => None,
     }
@@ -139,7 +175,9 @@ fn percent_decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(b) => {
                         out.push(b);
@@ -165,14 +203,23 @@ struct Filter {
 
 impl Filter {
     fn new(info: &'static ResourceInfo, ns: Option<String>, q: &Query) -> Result<Filter, ApiError> {
-        let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or("")).map_err(ApiError::bad_request)?;
-        let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or("")).map_err(ApiError::bad_request)?;
+        let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or(""))
+            .map_err(ApiError::bad_request)?;
+        let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))
+            .map_err(ApiError::bad_request)?;
         for f in fields.fields() {
             if !info.supports_field(f) {
-                return Err(ApiError::bad_request(format!("field label not supported: {f}")));
+                return Err(ApiError::bad_request(format!(
+                    "field label not supported: {f}"
+                )));
             }
         }
-        Ok(Filter { ns, labels, fields, info })
+        Ok(Filter {
+            ns,
+            labels,
+            fields,
+            info,
+        })
     }
     fn is_everything(&self) -> bool {
         self.ns.is_none() && self.labels.is_everything() && self.fields.is_empty()
@@ -186,7 +233,10 @@ impl Filter {
         if !self.labels.is_everything() && !self.labels.matches(&object::labels(obj)) {
             return false;
         }
-        self.fields.is_empty() || self.fields.matches(&|f| resources::field_value(self.info, obj, f))
+        self.fields.is_empty()
+            || self
+                .fields
+                .matches(&|f| resources::field_value(self.info, obj, f))
     }
 }
 
@@ -202,7 +252,9 @@ fn dry_run(q: &Query) -> Result<bool, ApiError> {
     match q.get("dryRun") {
         None | Some("") => Ok(false),
         Some("All") => Ok(true),
-        Some(other) => Err(ApiError::bad_request(format!("dryRun: Unsupported value: {other:?}: supported values: \"All\""))),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "dryRun: Unsupported value: {other:?}: supported values: \"All\""
+        ))),
     }
 }
 
@@ -219,11 +271,21 @@ fn key_of(info: &ResourceInfo, ns: Option<&str>, name: &str) -> String {
 
 impl Api {
     fn hooks(&self, info: &ResourceInfo) -> Arc<dyn ObjectHooks> {
-        self.hooks.get(info.plural).cloned().unwrap_or_else(|| Arc::new(crate::hooks::NoHooks))
+        self.hooks
+            .get(info.plural)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(crate::hooks::NoHooks))
     }
 
     /// Entry point for resource paths.
-    pub async fn serve(self: &Arc<Self>, method: &Method, target: Target, q: &Query, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    pub async fn serve(
+        self: &Arc<Self>,
+        method: &Method,
+        target: Target,
+        q: &Query,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Response, ApiError> {
         let output = codec::negotiate(headers)?;
         let mut warnings = Vec::new();
         let resp = match (&target, method.as_str()) {
@@ -235,21 +297,45 @@ impl Api {
             }
             (Target::Collection { info, ns }, "POST") => {
                 if info.namespaced && ns.is_none() {
-                    return Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource")));
+                    return Err(ApiError::method_not_allowed(
+                        "the server does not allow this method on the requested resource",
+                    ));
                 }
-                let (code, obj) = self.create_from_body(info, ns.as_deref(), q, headers, &body, &mut warnings).await?;
+                let (code, obj) = self
+                    .create_from_body(info, ns.as_deref(), q, headers, &body, &mut warnings)
+                    .await?;
                 codec::json(code, &obj)
             }
-            (Target::Collection { info, ns }, "DELETE") => self.delete_collection(info, ns.clone(), q, &body).await?,
-            (Target::Object { info, ns, name, sub }, m) => {
+            (Target::Collection { info, ns }, "DELETE") => {
+                self.delete_collection(info, ns.clone(), q, &body).await?
+            }
+            (
+                Target::Object {
+                    info,
+                    ns,
+                    name,
+                    sub,
+                },
+                m,
+            ) => {
                 let sub = sub.as_deref();
                 match sub {
                     None | Some("status") => {}
                     Some("finalize") if info.plural == "namespaces" && m == "PUT" => {}
-                    Some(_) => return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource")),
+                    Some(_) => {
+                        return Err(ApiError::new(
+                            404,
+                            "NotFound",
+                            "the server could not find the requested resource",
+                        ));
+                    }
                 }
                 if sub == Some("status") && !info.has_status {
-                    return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+                    return Err(ApiError::new(
+                        404,
+                        "NotFound",
+                        "the server could not find the requested resource",
+                    ));
                 }
                 match m {
                     "GET" => {
@@ -257,21 +343,51 @@ impl Api {
                         self.render_one(info, obj, output, q)
                     }
                     "PUT" => {
-                        let (code, obj) = self.put(info, ns.as_deref(), name, sub, q, headers, &body, &mut warnings).await?;
+                        let (code, obj) = self
+                            .put(
+                                info,
+                                ns.as_deref(),
+                                name,
+                                sub,
+                                q,
+                                headers,
+                                &body,
+                                &mut warnings,
+                            )
+                            .await?;
                         codec::json(code, &obj)
                     }
                     "PATCH" => {
-                        let (code, obj) = self.patch(info, ns.as_deref(), name, sub, q, headers, &body, &mut warnings).await?;
+                        let (code, obj) = self
+                            .patch(
+                                info,
+                                ns.as_deref(),
+                                name,
+                                sub,
+                                q,
+                                headers,
+                                &body,
+                                &mut warnings,
+                            )
+                            .await?;
                         codec::json(code, &obj)
                     }
                     "DELETE" if sub.is_none() => {
                         let (code, obj) = self.delete(info, ns.as_deref(), name, q, &body).await?;
                         codec::json(code, &obj)
                     }
-                    _ => return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource")),
+                    _ => {
+                        return Err(ApiError::method_not_allowed(
+                            "the server does not allow this method on the requested resource",
+                        ));
+                    }
                 }
             }
-            _ => return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource")),
+            _ => {
+                return Err(ApiError::method_not_allowed(
+                    "the server does not allow this method on the requested resource",
+                ));
+            }
         };
         let mut resp = resp;
         for w in warnings {
@@ -286,7 +402,12 @@ impl Api {
         match output {
             Output::Json => codec::json(StatusCode::OK, &obj),
             Output::Table => {
-                let mut t = glue::to_table(info.kind, std::slice::from_ref(&obj), include_object(q), jiff::Timestamp::now());
+                let mut t = glue::to_table(
+                    info.kind,
+                    std::slice::from_ref(&obj),
+                    include_object(q),
+                    jiff::Timestamp::now(),
+                );
                 if let Some(rv) = object::resource_version(&obj) {
                     t["metadata"] = json!({"resourceVersion": rv});
                 }
@@ -295,7 +416,12 @@ impl Api {
         }
     }
 
-    pub async fn get(&self, info: &ResourceInfo, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    pub async fn get(
+        &self,
+        info: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         let key = key_of(info, ns, name);
         match self.store.get(&key).await? {
             Some(kv) => object::decode_stored(&kv),
@@ -305,25 +431,43 @@ impl Api {
 
     // ---------------------------------------------------------------- list
 
-    async fn list(&self, info: &'static ResourceInfo, ns: Option<String>, q: &Query, output: Output) -> Result<Response, ApiError> {
+    async fn list(
+        &self,
+        info: &'static ResourceInfo,
+        ns: Option<String>,
+        q: &Query,
+        output: Output,
+    ) -> Result<Response, ApiError> {
         let filter = Filter::new(info, ns.clone(), q)?;
-        let prefix = keys::list_prefix(info.plural, if info.namespaced { ns.as_deref() } else { None });
+        let prefix = keys::list_prefix(
+            info.plural,
+            if info.namespaced { ns.as_deref() } else { None },
+        );
         let limit: usize = match q.get("limit") {
             None | Some("") => 0,
-            Some(l) => l.parse::<i64>().map_err(|_| ApiError::bad_request(format!("invalid limit: {l:?}")))?.max(0) as usize,
+            Some(l) => l
+                .parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid limit: {l:?}")))?
+                .max(0) as usize,
         };
         let rv = q.get("resourceVersion").filter(|s| !s.is_empty());
         let rv_match = q.get("resourceVersionMatch").filter(|s| !s.is_empty());
         let cont = q.get("continue").filter(|s| !s.is_empty());
         if cont.is_some() && rv.is_some_and(|r| r != "0") {
-            return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
+            return Err(ApiError::bad_request(
+                "specifying resource version is not allowed when using continue",
+            ));
         }
         if let Some(m) = rv_match {
             if m != "NotOlderThan" && m != "Exact" {
-                return Err(ApiError::bad_request(format!("resourceVersionMatch: Unsupported value: {m:?}: supported values: \"Exact\", \"NotOlderThan\"")));
+                return Err(ApiError::bad_request(format!(
+                    "resourceVersionMatch: Unsupported value: {m:?}: supported values: \"Exact\", \"NotOlderThan\""
+                )));
             }
             if rv.is_none() {
-                return Err(ApiError::bad_request("resourceVersionMatch is forbidden unless resourceVersion is provided"));
+                return Err(ApiError::bad_request(
+                    "resourceVersionMatch is forbidden unless resourceVersion is provided",
+                ));
             }
         }
 
@@ -335,7 +479,11 @@ impl Api {
             let cache = self.cache(info)?;
             let (objs, rev) = cache.snapshot(&prefix);
             list_rev = rev.max(1);
-            items = objs.iter().filter(|o| filter.matches(o)).map(|o| (**o).clone()).collect();
+            items = objs
+                .iter()
+                .filter(|o| filter.matches(o))
+                .map(|o| (**o).clone())
+                .collect();
         } else {
             let (mut start, mut at) = match cont {
                 Some(tok) => {
@@ -351,13 +499,22 @@ impl Api {
                 } else {
                     let cur = self.store.current_revision().await?;
                     if r > cur {
-                        return Err(ApiError::new(504, "Timeout", format!("Too large resource version: {r}, current: {cur}")).with_retry());
+                        return Err(ApiError::new(
+                            504,
+                            "Timeout",
+                            format!("Too large resource version: {r}, current: {cur}"),
+                        )
+                        .with_retry());
                     }
                 }
             }
             let page_size = if limit == 0 { 0 } else { limit.max(50) };
             'pages: loop {
-                let page = self.store.list(&prefix, start.as_deref(), page_size, at).await.map_err(|e| continue_error(e, cont.is_some()))?;
+                let page = self
+                    .store
+                    .list(&prefix, start.as_deref(), page_size, at)
+                    .await
+                    .map_err(|e| continue_error(e, cont.is_some()))?;
                 at = Some(page.revision);
                 let n = page.kvs.len();
                 for (i, kv) in page.kvs.iter().enumerate() {
@@ -366,7 +523,8 @@ impl Api {
                         items.push(obj);
                         if limit > 0 && items.len() == limit {
                             if i + 1 < n || page.more {
-                                next = Some(encode_continue(page.revision, &kv.key[prefix.len()..]));
+                                next =
+                                    Some(encode_continue(page.revision, &kv.key[prefix.len()..]));
                             }
                             break 'pages;
                         }
@@ -388,7 +546,8 @@ impl Api {
                 json!({"kind": info.list_kind(), "apiVersion": info.api_version(), "metadata": meta, "items": items})
             }
             Output::Table => {
-                let mut t = glue::to_table(info.kind, &items, include_object(q), jiff::Timestamp::now());
+                let mut t =
+                    glue::to_table(info.kind, &items, include_object(q), jiff::Timestamp::now());
                 t["metadata"] = meta;
                 t
             }
@@ -397,15 +556,26 @@ impl Api {
     }
 
     fn cache(&self, info: &ResourceInfo) -> Result<&Arc<WatchCache>, ApiError> {
-        self.caches.get(info.plural).ok_or_else(|| ApiError::internal(format!("no watch cache for {}", info.plural)))
+        self.caches
+            .get(info.plural)
+            .ok_or_else(|| ApiError::internal(format!("no watch cache for {}", info.plural)))
     }
 
     // ---------------------------------------------------------------- watch
 
-    async fn watch(&self, info: &'static ResourceInfo, ns: Option<String>, q: &Query, output: Output) -> Result<Response, ApiError> {
+    async fn watch(
+        &self,
+        info: &'static ResourceInfo,
+        ns: Option<String>,
+        q: &Query,
+        output: Output,
+    ) -> Result<Response, ApiError> {
         let filter = Filter::new(info, ns.clone(), q)?;
         let cache = self.cache(info)?.clone();
-        let prefix = keys::list_prefix(info.plural, if info.namespaced { ns.as_deref() } else { None });
+        let prefix = keys::list_prefix(
+            info.plural,
+            if info.namespaced { ns.as_deref() } else { None },
+        );
         let rv = q.get("resourceVersion").filter(|s| !s.is_empty());
         let send_initial = match q.get("sendInitialEvents") {
             Some("true") => Some(true),
@@ -428,7 +598,10 @@ impl Api {
             Some(b) => b,
             None => after.is_none(),
         };
-        let sub = cache.subscribe(if initial { None } else { after }, initial.then_some(prefix.as_str()))?;
+        let sub = cache.subscribe(
+            if initial { None } else { after },
+            initial.then_some(prefix.as_str()),
+        )?;
         let bookmarks = q.flag("allowWatchBookmarks");
         let timeout = match q.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()) {
             Some(t) if t > 0 => Duration::from_secs(t),
@@ -438,24 +611,59 @@ impl Api {
         let (tx, rx) = mpsc::channel::<Bytes>(256);
         let start_rev = after.unwrap_or(0).max(sub.revision);
         tokio::spawn(async move {
-            let mut w = Watcher { filter, output, include, first_table: true, tx };
-            let _ = w.run(sub, start_rev, send_initial == Some(true), bookmarks, timeout, cache).await;
+            let mut w = Watcher {
+                filter,
+                output,
+                include,
+                first_table: true,
+                tx,
+            };
+            let _ = w
+                .run(
+                    sub,
+                    start_rev,
+                    send_initial == Some(true),
+                    bookmarks,
+                    timeout,
+                    cache,
+                )
+                .await;
         });
-        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx)) });
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+        });
         let mut resp = Response::new(Body::from_stream(stream));
-        resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        resp.headers_mut().insert(axum::http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+        resp.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp.headers_mut().insert(
+            axum::http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, private"),
+        );
         Ok(resp)
     }
 
     // ---------------------------------------------------------------- writes
 
     /// Decodes and checks a create/update body; returns it with apiVersion/kind filled.
-    fn decode_write_body(&self, info: &ResourceInfo, q: &Query, headers: &HeaderMap, body: &[u8], warnings: &mut Vec<String>, patch: bool) -> Result<Value, ApiError> {
+    fn decode_write_body(
+        &self,
+        info: &ResourceInfo,
+        q: &Query,
+        headers: &HeaderMap,
+        body: &[u8],
+        warnings: &mut Vec<String>,
+        patch: bool,
+    ) -> Result<Value, ApiError> {
         let ct = codec::content_type(headers);
         let mut v = codec::decode_body(&ct, body)?;
         if ct != "application/vnd.kubernetes.protobuf" {
-            let raw = if ct.contains("yaml") { serde_json::to_vec(&v).unwrap_or_default() } else { body.to_vec() };
+            let raw = if ct.contains("yaml") {
+                serde_json::to_vec(&v).unwrap_or_default()
+            } else {
+                body.to_vec()
+            };
             self.check_fields(info, q, &raw, warnings, patch)?;
         }
         object::check_type(info, &mut v)?;
@@ -463,13 +671,22 @@ impl Api {
     }
 
     /// fieldValidation: Strict → error, Warn → warnings, Ignore → nothing.
-    fn check_fields(&self, info: &ResourceInfo, q: &Query, raw: &[u8], warnings: &mut Vec<String>, patch: bool) -> Result<(), ApiError> {
+    fn check_fields(
+        &self,
+        info: &ResourceInfo,
+        q: &Query,
+        raw: &[u8],
+        warnings: &mut Vec<String>,
+        patch: bool,
+    ) -> Result<(), ApiError> {
         let mode = q.get("fieldValidation").unwrap_or("Warn");
         if mode == "Ignore" {
             return Ok(());
         }
         if mode != "Strict" && mode != "Warn" {
-            return Err(ApiError::bad_request(format!("fieldValidation: Unsupported value: {mode:?}: supported values: \"Ignore\", \"Strict\", \"Warn\"")));
+            return Err(ApiError::bad_request(format!(
+                "fieldValidation: Unsupported value: {mode:?}: supported values: \"Ignore\", \"Strict\", \"Warn\""
+            )));
         }
         let problems = match glue::unknown_fields(info.kind, raw) {
             Ok(p) => p,
@@ -478,15 +695,36 @@ impl Api {
         if problems.is_empty() {
             return Ok(());
         }
-        let texts: Vec<String> = problems.iter().map(|p| if p.starts_with("unknown field") || p.starts_with("duplicate field") || p.contains(' ') { p.clone() } else { format!("unknown field {p:?}") }).collect();
+        let texts: Vec<String> = problems
+            .iter()
+            .map(|p| {
+                if p.starts_with("unknown field")
+                    || p.starts_with("duplicate field")
+                    || p.contains(' ')
+                {
+                    p.clone()
+                } else {
+                    format!("unknown field {p:?}")
+                }
+            })
+            .collect();
         if mode == "Warn" {
             warnings.extend(texts);
             return Ok(());
         }
         let joined = texts.join(", ");
         if patch {
-            let mut e = ApiError::new(422, "Invalid", format!("{} \"\" is invalid: patch: Invalid value: \"...\": strict decoding error: {joined}", info.kind));
-            e.details = Some(json!({"kind": info.kind, "group": info.group, "causes": [{"reason": "FieldValueInvalid", "message": format!("Invalid value: \"...\": strict decoding error: {joined}"), "field": "patch"}]}));
+            let mut e = ApiError::new(
+                422,
+                "Invalid",
+                format!(
+                    "{} \"\" is invalid: patch: Invalid value: \"...\": strict decoding error: {joined}",
+                    info.kind
+                ),
+            );
+            e.details = Some(
+                json!({"kind": info.kind, "group": info.group, "causes": [{"reason": "FieldValueInvalid", "message": format!("Invalid value: \"...\": strict decoding error: {joined}"), "field": "patch"}]}),
+            );
             return Err(e);
         }
         Err(ApiError::bad_request(format!(
@@ -495,16 +733,35 @@ impl Api {
         )))
     }
 
-    async fn create_from_body(&self, info: &'static ResourceInfo, ns: Option<&str>, q: &Query, headers: &HeaderMap, body: &[u8], warnings: &mut Vec<String>) -> Result<(StatusCode, Value), ApiError> {
+    async fn create_from_body(
+        &self,
+        info: &'static ResourceInfo,
+        ns: Option<&str>,
+        q: &Query,
+        headers: &HeaderMap,
+        body: &[u8],
+        warnings: &mut Vec<String>,
+    ) -> Result<(StatusCode, Value), ApiError> {
         let obj = self.decode_write_body(info, q, headers, body, warnings, false)?;
         let manager = q.get("fieldManager").unwrap_or("").to_string();
-        let manager = if manager.is_empty() { default_manager(headers) } else { manager };
+        let manager = if manager.is_empty() {
+            default_manager(headers)
+        } else {
+            manager
+        };
         let obj = self.create(info, ns, obj, dry_run(q)?, &manager).await?;
         Ok((StatusCode::CREATED, obj))
     }
 
     /// Creates an object (metadata filled, defaults, hooks, one transaction).
-    pub async fn create(&self, info: &'static ResourceInfo, ns: Option<&str>, mut obj: Value, dry: bool, manager: &str) -> Result<Value, ApiError> {
+    pub async fn create(
+        &self,
+        info: &'static ResourceInfo,
+        ns: Option<&str>,
+        mut obj: Value,
+        dry: bool,
+        manager: &str,
+    ) -> Result<Value, ApiError> {
         // Namespace: the URL's wins; a different one in the body is an error.
         let body_ns = object::meta_str(&obj, "namespace").map(String::from);
         if info.namespaced {
@@ -512,7 +769,9 @@ impl Api {
             if let Some(b) = &body_ns
                 && b != ns
             {
-                return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
             }
             meta_mut(&mut obj).insert("namespace".into(), json!(ns));
         } else {
@@ -521,15 +780,29 @@ impl Api {
         let gen_name = object::meta_str(&obj, "generateName").map(String::from);
         let explicit_name = object::meta_str(&obj, "name").map(String::from);
         if explicit_name.is_none() && gen_name.is_none() {
-            return Err(ApiError::invalid(info.resource(), "", &[portico_core::field::FieldError::required("metadata.name", "name or generateName is required")]));
+            return Err(ApiError::invalid(
+                info.resource(),
+                "",
+                &[portico_core::field::FieldError::required(
+                    "metadata.name",
+                    "name or generateName is required",
+                )],
+            ));
         }
         if let Some(ns) = ns.filter(|_| info.namespaced) {
-            self.check_namespace_open(info, ns, explicit_name.as_deref().unwrap_or("")).await?;
+            self.check_namespace_open(info, ns, explicit_name.as_deref().unwrap_or(""))
+                .await?;
         }
         let now = object::now_rfc3339();
         {
             let m = meta_mut(&mut obj);
-            for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "managedFields"] {
+            for k in [
+                "resourceVersion",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "selfLink",
+                "managedFields",
+            ] {
                 m.remove(k);
             }
             m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
@@ -540,10 +813,11 @@ impl Api {
                 m.remove("generation");
             }
         }
-        if info.has_status && info.kind != "Node" {
-            if let Some(m) = obj.as_object_mut() {
-                m.remove("status");
-            }
+        if info.has_status
+            && info.kind != "Node"
+            && let Some(m) = obj.as_object_mut()
+        {
+            m.remove("status");
         }
         obj = object::typed_roundtrip(info, obj)?;
         object::apply_kind_defaults(info, &mut obj, true);
@@ -560,7 +834,12 @@ impl Api {
             }
             let name = object::name(&candidate).to_string();
             self.validate_meta(info, &candidate, &name)?;
-            let ctx = WriteContext { dry_run: dry, namespace: ns.filter(|_| info.namespaced).map(String::from), name: name.clone(), subresource: None };
+            let ctx = WriteContext {
+                dry_run: dry,
+                namespace: ns.filter(|_| info.namespaced).map(String::from),
+                name: name.clone(),
+                subresource: None,
+            };
             let prepared = hooks.prepare_create(&ctx, &mut candidate).await?;
             glue::record_update(info.kind, None, &mut candidate, manager, None, &now);
             let key = key_of(info, ns, &name);
@@ -572,7 +851,11 @@ impl Api {
                 }
                 return Ok(candidate);
             }
-            let (compares, ops) = with_object(&prepared, Compare::ModRevision(key.clone(), 0), Op::Put(key.clone(), object::encode_for_store(&candidate)));
+            let (compares, ops) = with_object(
+                &prepared,
+                Compare::ModRevision(key.clone(), 0),
+                Op::Put(key.clone(), object::encode_for_store(&candidate)),
+            );
             let resp = match self.store.txn(compares, ops).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -582,7 +865,8 @@ impl Api {
             };
             if resp.succeeded {
                 hooks.finish(prepared, true);
-                meta_mut(&mut candidate).insert("resourceVersion".into(), json!(resp.revision.to_string()));
+                meta_mut(&mut candidate)
+                    .insert("resourceVersion".into(), json!(resp.revision.to_string()));
                 return Ok(candidate);
             }
             hooks.finish(prepared, false);
@@ -600,15 +884,27 @@ impl Api {
         use portico_core::field::FieldError;
         let mut errs = Vec::new();
         let label_only = matches!(info.plural, "namespaces" | "services");
-        let ok = if label_only { object::is_dns1123_label(name) } else { object::is_dns1123_subdomain(name) };
+        let ok = if label_only {
+            object::is_dns1123_label(name)
+        } else {
+            object::is_dns1123_subdomain(name)
+        };
         if info.plural == "ipaddresses" {
             // IPAddress names are IP addresses.
             if name.parse::<std::net::IpAddr>().is_err() {
-                errs.push(FieldError::invalid("metadata.name", format!("{name:?}"), "must be a valid IP address"));
+                errs.push(FieldError::invalid(
+                    "metadata.name",
+                    format!("{name:?}"),
+                    "must be a valid IP address",
+                ));
             }
         } else if info.plural == "nodes" || info.plural == "events" {
             if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-                errs.push(FieldError::invalid("metadata.name", format!("{name:?}"), "a valid name is required"));
+                errs.push(FieldError::invalid(
+                    "metadata.name",
+                    format!("{name:?}"),
+                    "a valid name is required",
+                ));
             }
         } else if !ok {
             let detail = if label_only {
@@ -616,13 +912,26 @@ impl Api {
             } else {
                 "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
             };
-            errs.push(FieldError::invalid("metadata.name", format!("{name:?}"), detail));
+            errs.push(FieldError::invalid(
+                "metadata.name",
+                format!("{name:?}"),
+                detail,
+            ));
         }
         let _ = obj;
-        if errs.is_empty() { Ok(()) } else { Err(ApiError::invalid(info.resource(), name, &errs)) }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(info.resource(), name, &errs))
+        }
     }
 
-    async fn check_namespace_open(&self, info: &ResourceInfo, ns: &str, name: &str) -> Result<(), ApiError> {
+    async fn check_namespace_open(
+        &self,
+        info: &ResourceInfo,
+        ns: &str,
+        name: &str,
+    ) -> Result<(), ApiError> {
         let ns_info = resources::by_plural("namespaces").expect("namespaces is served");
         let nsobj = match self.store.get(&key_of(ns_info, None, ns)).await? {
             Some(kv) => object::decode_stored(&kv)?,
@@ -634,45 +943,90 @@ impl Api {
                 info.qualified_plural(),
                 name
             ));
-            e.details = Some(json!({"name": name, "kind": info.plural, "causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]}));
+            e.details = Some(
+                json!({"name": name, "kind": info.plural, "causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]}),
+            );
             return Err(e);
         }
         Ok(())
     }
 
-    async fn put(&self, info: &'static ResourceInfo, ns: Option<&str>, name: &str, sub: Option<&str>, q: &Query, headers: &HeaderMap, body: &[u8], warnings: &mut Vec<String>) -> Result<(StatusCode, Value), ApiError> {
+    #[allow(clippy::too_many_arguments)]
+    async fn put(
+        &self,
+        info: &'static ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        sub: Option<&str>,
+        q: &Query,
+        headers: &HeaderMap,
+        body: &[u8],
+        warnings: &mut Vec<String>,
+    ) -> Result<(StatusCode, Value), ApiError> {
         let new = self.decode_write_body(info, q, headers, body, warnings, false)?;
         let body_name = object::meta_str(&new, "name").unwrap_or("");
         if body_name != name {
-            return Err(ApiError::bad_request(format!("the name of the object ({body_name}) does not match the name on the URL ({name})")));
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
         }
         if info.namespaced
             && let Some(bns) = object::meta_str(&new, "namespace")
             && Some(bns) != ns
         {
-            return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
         }
         let dry = dry_run(q)?;
-        let manager = q.get("fieldManager").map(String::from).unwrap_or_else(|| default_manager(headers));
+        let manager = q
+            .get("fieldManager")
+            .map(String::from)
+            .unwrap_or_else(|| default_manager(headers));
         let sub = if sub == Some("finalize") { None } else { sub };
         let key = key_of(info, ns, name);
-        if self.store.get(&key).await?.is_none() && matches!(info.plural, "endpoints" | "events") && sub.is_none() {
+        if self.store.get(&key).await?.is_none()
+            && matches!(info.plural, "endpoints" | "events")
+            && sub.is_none()
+        {
             let obj = self.create(info, ns, new, dry, &manager).await?;
             return Ok((StatusCode::CREATED, obj));
         }
         let precondition = object::resource_version(&new).map(String::from);
         let obj = self
-            .update(info, ns, name, sub, dry, &manager, precondition.as_deref(), &mut |_old: &Value| Ok(new.clone()))
+            .update(
+                info,
+                ns,
+                name,
+                sub,
+                dry,
+                &manager,
+                precondition.as_deref(),
+                &mut |_old: &Value| Ok(new.clone()),
+            )
             .await?;
         Ok((StatusCode::OK, obj))
     }
 
-    async fn patch(&self, info: &'static ResourceInfo, ns: Option<&str>, name: &str, sub: Option<&str>, q: &Query, headers: &HeaderMap, body: &[u8], warnings: &mut Vec<String>) -> Result<(StatusCode, Value), ApiError> {
+    #[allow(clippy::too_many_arguments)]
+    async fn patch(
+        &self,
+        info: &'static ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        sub: Option<&str>,
+        q: &Query,
+        headers: &HeaderMap,
+        body: &[u8],
+        warnings: &mut Vec<String>,
+    ) -> Result<(StatusCode, Value), ApiError> {
         let ct = codec::content_type(headers);
         let dry = dry_run(q)?;
         let manager = q.get("fieldManager").map(String::from).unwrap_or_default();
         if ct == "application/apply-patch+yaml" {
-            return self.apply(info, ns, name, sub, q, body, dry, &manager, warnings).await;
+            return self
+                .apply(info, ns, name, sub, q, body, dry, &manager, warnings)
+                .await;
         }
         let pk = match ct.as_str() {
             "application/json-patch+json" => PatchKind::Json,
@@ -680,46 +1034,82 @@ impl Api {
             "application/strategic-merge-patch+json" => PatchKind::Strategic,
             other => {
                 let mut e = ApiError::unsupported_media_type(other);
-                e.message = format!("the server does not support the patch type {other:?}; supported types: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml");
+                e.message = format!(
+                    "the server does not support the patch type {other:?}; supported types: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml"
+                );
                 return Err(e);
             }
         };
         // Patches must be JSON; check that once so every retry sees the same answer.
         if serde_json::from_slice::<Value>(body).is_err() {
-            let e = serde_json::from_slice::<Value>(body).err().map(|e| e.to_string()).unwrap_or_default();
+            let e = serde_json::from_slice::<Value>(body)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             return Err(ApiError::bad_request(format!("error decoding patch: {e}")));
         }
         if pk != PatchKind::Json {
             self.check_fields(info, q, body, warnings, true)?;
         }
-        let manager = if manager.is_empty() { default_manager(headers) } else { manager };
+        let manager = if manager.is_empty() {
+            default_manager(headers)
+        } else {
+            manager
+        };
         let strict_json = pk == PatchKind::Json && q.get("fieldValidation") == Some("Strict");
         let obj = self
-            .update(info, ns, name, sub, dry, &manager, None, &mut |old: &Value| {
-                let mut new = glue::apply_patch(info.kind, pk, old, body)?;
-                if strict_json {
-                    let raw = serde_json::to_vec(&new).unwrap_or_default();
-                    let mut w = Vec::new();
-                    self.check_fields(info, q, &raw, &mut w, true)?;
-                }
-                object::check_type(info, &mut new)?;
-                Ok(new)
-            })
+            .update(
+                info,
+                ns,
+                name,
+                sub,
+                dry,
+                &manager,
+                None,
+                &mut |old: &Value| {
+                    let mut new = glue::apply_patch(info.kind, pk, old, body)?;
+                    if strict_json {
+                        let raw = serde_json::to_vec(&new).unwrap_or_default();
+                        let mut w = Vec::new();
+                        self.check_fields(info, q, &raw, &mut w, true)?;
+                    }
+                    object::check_type(info, &mut new)?;
+                    Ok(new)
+                },
+            )
             .await?;
         Ok((StatusCode::OK, obj))
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn apply(&self, info: &'static ResourceInfo, ns: Option<&str>, name: &str, sub: Option<&str>, q: &Query, body: &[u8], dry: bool, manager: &str, warnings: &mut Vec<String>) -> Result<(StatusCode, Value), ApiError> {
+    async fn apply(
+        &self,
+        info: &'static ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        sub: Option<&str>,
+        q: &Query,
+        body: &[u8],
+        dry: bool,
+        manager: &str,
+        warnings: &mut Vec<String>,
+    ) -> Result<(StatusCode, Value), ApiError> {
         if manager.is_empty() {
-            return Err(ApiError::invalid_simple("PatchOptions.meta.k8s.io", "fieldManager", "Required value: is required for apply patch"));
+            return Err(ApiError::invalid_simple(
+                "PatchOptions.meta.k8s.io",
+                "fieldManager",
+                "Required value: is required for apply patch",
+            ));
         }
         let mut applied = codec::decode_yaml(body)?;
         let raw = serde_json::to_vec(&applied).unwrap_or_default();
         self.check_fields(info, q, &raw, warnings, true)?;
         object::check_type(info, &mut applied)?;
         if object::meta_str(&applied, "name").is_some_and(|n| n != name) {
-            return Err(ApiError::bad_request(format!("the name of the object ({}) does not match the name on the URL ({name})", object::name(&applied))));
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                object::name(&applied)
+            )));
         }
         let force = q.flag("force");
         let now = object::now_rfc3339();
@@ -731,11 +1121,21 @@ impl Api {
             return Ok((StatusCode::CREATED, created));
         }
         let obj = self
-            .update(info, ns, name, sub, dry, manager, None, &mut |old: &Value| {
-                let mut new = glue::ssa_apply(info.kind, Some(old), &applied, manager, force, &now)?;
-                object::check_type(info, &mut new)?;
-                Ok(new)
-            })
+            .update(
+                info,
+                ns,
+                name,
+                sub,
+                dry,
+                manager,
+                None,
+                &mut |old: &Value| {
+                    let mut new =
+                        glue::ssa_apply(info.kind, Some(old), &applied, manager, force, &now)?;
+                    object::check_type(info, &mut new)?;
+                    Ok(new)
+                },
+            )
             .await?;
         Ok((StatusCode::OK, obj))
     }
@@ -775,7 +1175,10 @@ impl Api {
                 return Err(ApiError::conflict(info.resource(), name));
             }
             if object::meta_str(&new, "name").is_some_and(|n| n != name) {
-                return Err(ApiError::bad_request(format!("the name of the object ({}) does not match the name on the URL ({name})", object::name(&new))));
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({}) does not match the name on the URL ({name})",
+                    object::name(&new)
+                )));
             }
             meta_mut(&mut new).insert("name".into(), json!(name));
             object::keep_system_meta(&old, &mut new);
@@ -786,11 +1189,19 @@ impl Api {
                 crate::service_fallback::defaults(&mut new, Some(&old));
             }
             if info.generation && object::spec_part(&old) != object::spec_part(&new) {
-                let g = old.pointer("/metadata/generation").and_then(|g| g.as_i64()).unwrap_or(0);
+                let g = old
+                    .pointer("/metadata/generation")
+                    .and_then(|g| g.as_i64())
+                    .unwrap_or(0);
                 meta_mut(&mut new).insert("generation".into(), json!(g + 1));
             }
             let now = object::now_rfc3339();
-            let ctx = WriteContext { dry_run: dry, namespace: ns.filter(|_| info.namespaced).map(String::from), name: name.to_string(), subresource: sub.map(String::from) };
+            let ctx = WriteContext {
+                dry_run: dry,
+                namespace: ns.filter(|_| info.namespaced).map(String::from),
+                name: name.to_string(),
+                subresource: sub.map(String::from),
+            };
             let prepared = hooks.prepare_update(&ctx, &old, &mut new).await?;
             glue::record_update(info.kind, Some(&old), &mut new, manager, sub, &now);
             meta_mut(&mut new).insert("resourceVersion".into(), json!(old_rv));
@@ -801,7 +1212,12 @@ impl Api {
             // Removing the last finalizer of an object being deleted removes the object.
             let finished_deleting = object::meta_str(&new, "deletionTimestamp").is_some()
                 && object::finalizers(&new).is_empty()
-                && !(info.kind == "Pod" && new.pointer("/metadata/deletionGracePeriodSeconds").and_then(|g| g.as_i64()).unwrap_or(0) > 0)
+                && !(info.kind == "Pod"
+                    && new
+                        .pointer("/metadata/deletionGracePeriodSeconds")
+                        .and_then(|g| g.as_i64())
+                        .unwrap_or(0)
+                        > 0)
                 && info.plural != "namespaces";
             if dry {
                 hooks.finish(prepared, false);
@@ -811,7 +1227,11 @@ impl Api {
                 hooks.finish(prepared, false);
                 return self.remove(info, ns, name, &kv, new).await;
             }
-            let (compares, ops) = with_object(&prepared, Compare::ModRevision(key.clone(), kv.mod_revision), Op::Put(key.clone(), object::encode_for_store(&new)));
+            let (compares, ops) = with_object(
+                &prepared,
+                Compare::ModRevision(key.clone(), kv.mod_revision),
+                Op::Put(key.clone(), object::encode_for_store(&new)),
+            );
             let resp = match self.store.txn(compares, ops).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -821,10 +1241,13 @@ impl Api {
             };
             hooks.finish(prepared, resp.succeeded);
             if resp.succeeded {
-                meta_mut(&mut new).insert("resourceVersion".into(), json!(resp.revision.to_string()));
+                meta_mut(&mut new)
+                    .insert("resourceVersion".into(), json!(resp.revision.to_string()));
                 return Ok(new);
             }
-            if precondition.is_some() && self.store.get(&key).await?.map(|k| k.mod_revision) != Some(kv.mod_revision) {
+            if precondition.is_some()
+                && self.store.get(&key).await?.map(|k| k.mod_revision) != Some(kv.mod_revision)
+            {
                 return Err(ApiError::conflict(info.resource(), name));
             }
         }
@@ -832,13 +1255,29 @@ impl Api {
     }
 
     /// Removes an object for good (hooks release what it held). Returns its last state.
-    async fn remove(&self, info: &'static ResourceInfo, ns: Option<&str>, name: &str, kv: &portico_store::KeyValue, last: Value) -> Result<Value, ApiError> {
+    async fn remove(
+        &self,
+        info: &'static ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        kv: &portico_store::KeyValue,
+        last: Value,
+    ) -> Result<Value, ApiError> {
         let key = key_of(info, ns, name);
         let hooks = self.hooks(info);
-        let ctx = WriteContext { dry_run: false, namespace: ns.filter(|_| info.namespaced).map(String::from), name: name.to_string(), subresource: None };
+        let ctx = WriteContext {
+            dry_run: false,
+            namespace: ns.filter(|_| info.namespaced).map(String::from),
+            name: name.to_string(),
+            subresource: None,
+        };
         let old = object::decode_stored(kv)?;
         let prepared = hooks.prepare_delete(&ctx, &old).await?;
-        let (compares, ops) = with_object(&prepared, Compare::ModRevision(key.clone(), kv.mod_revision), Op::Delete(key.clone()));
+        let (compares, ops) = with_object(
+            &prepared,
+            Compare::ModRevision(key.clone(), kv.mod_revision),
+            Op::Delete(key.clone()),
+        );
         let resp = match self.store.txn(compares, ops).await {
             Ok(r) => r,
             Err(e) => {
@@ -853,14 +1292,27 @@ impl Api {
         Ok(last)
     }
 
-    async fn delete(&self, info: &'static ResourceInfo, ns: Option<&str>, name: &str, q: &Query, body: &[u8]) -> Result<(StatusCode, Value), ApiError> {
+    async fn delete(
+        &self,
+        info: &'static ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        q: &Query,
+        body: &[u8],
+    ) -> Result<(StatusCode, Value), ApiError> {
         let opts = DeleteOptions::parse(q, body)?;
         let obj = self.delete_object(info, ns, name, &opts).await?;
         Ok((StatusCode::OK, obj))
     }
 
     /// Deletes one object with upstream's graceful, finalizer and namespace semantics.
-    pub async fn delete_object(&self, info: &'static ResourceInfo, ns: Option<&str>, name: &str, opts: &DeleteOptions) -> Result<Value, ApiError> {
+    pub async fn delete_object(
+        &self,
+        info: &'static ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value, ApiError> {
         let key = key_of(info, ns, name);
         for _ in 0..RETRIES {
             let Some(kv) = self.store.get(&key).await? else {
@@ -904,21 +1356,42 @@ impl Api {
                 meta_mut(&mut new).insert("deletionTimestamp".into(), json!(object::now_rfc3339()));
                 meta_mut(&mut new).insert("deletionGracePeriodSeconds".into(), json!(0));
                 new["status"] = json!({"phase": "Terminating"});
-                let resp = self.store.txn(vec![Compare::ModRevision(key.clone(), kv.mod_revision)], vec![Op::Put(key.clone(), object::encode_for_store(&new))]).await?;
+                let resp = self
+                    .store
+                    .txn(
+                        vec![Compare::ModRevision(key.clone(), kv.mod_revision)],
+                        vec![Op::Put(key.clone(), object::encode_for_store(&new))],
+                    )
+                    .await?;
                 if !resp.succeeded {
                     continue;
                 }
-                meta_mut(&mut new).insert("resourceVersion".into(), json!(resp.revision.to_string()));
+                meta_mut(&mut new)
+                    .insert("resourceVersion".into(), json!(resp.revision.to_string()));
                 let _ = self.namespace_cleanup.send(name.to_string());
                 return Ok(new);
             }
             // Graceful pod deletion: a pod bound to a node waits for its grace period.
-            let grace = if info.kind == "Pod" && old.pointer("/spec/nodeName").and_then(|n| n.as_str()).is_some_and(|n| !n.is_empty()) {
-                let phase = old.pointer("/status/phase").and_then(|p| p.as_str()).unwrap_or("");
+            let grace = if info.kind == "Pod"
+                && old
+                    .pointer("/spec/nodeName")
+                    .and_then(|n| n.as_str())
+                    .is_some_and(|n| !n.is_empty())
+            {
+                let phase = old
+                    .pointer("/status/phase")
+                    .and_then(|p| p.as_str())
+                    .unwrap_or("");
                 if phase == "Succeeded" || phase == "Failed" {
                     0
                 } else {
-                    opts.grace_period.unwrap_or_else(|| old.pointer("/spec/terminationGracePeriodSeconds").and_then(|g| g.as_i64()).unwrap_or(30)).max(0)
+                    opts.grace_period
+                        .unwrap_or_else(|| {
+                            old.pointer("/spec/terminationGracePeriodSeconds")
+                                .and_then(|g| g.as_i64())
+                                .unwrap_or(30)
+                        })
+                        .max(0)
                 }
             } else {
                 0
@@ -926,16 +1399,23 @@ impl Api {
             let fins = object::finalizers(&old);
             let deleting = object::meta_str(&old, "deletionTimestamp").is_some();
             if grace > 0 || !fins.is_empty() {
-                let current_grace = old.pointer("/metadata/deletionGracePeriodSeconds").and_then(|g| g.as_i64());
+                let current_grace = old
+                    .pointer("/metadata/deletionGracePeriodSeconds")
+                    .and_then(|g| g.as_i64());
                 let mut new = old.clone();
                 if !deleting || current_grace.is_some_and(|c| grace < c) {
                     let when = jiff::Timestamp::now().as_second() + grace;
-                    let ts = jiff::Timestamp::from_second(when).map(|t| t.to_string()).unwrap_or_else(|_| object::now_rfc3339());
+                    let ts = jiff::Timestamp::from_second(when)
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|_| object::now_rfc3339());
                     let m = meta_mut(&mut new);
                     m.insert("deletionTimestamp".into(), json!(ts));
                     m.insert("deletionGracePeriodSeconds".into(), json!(grace));
                     if info.generation {
-                        let g = old.pointer("/metadata/generation").and_then(|g| g.as_i64()).unwrap_or(0);
+                        let g = old
+                            .pointer("/metadata/generation")
+                            .and_then(|g| g.as_i64())
+                            .unwrap_or(0);
                         m.insert("generation".into(), json!(g + 1));
                     }
                 } else if grace == 0 && fins.is_empty() {
@@ -947,11 +1427,18 @@ impl Api {
                     if opts.dry_run {
                         return Ok(new);
                     }
-                    let resp = self.store.txn(vec![Compare::ModRevision(key.clone(), kv.mod_revision)], vec![Op::Put(key.clone(), object::encode_for_store(&new))]).await?;
+                    let resp = self
+                        .store
+                        .txn(
+                            vec![Compare::ModRevision(key.clone(), kv.mod_revision)],
+                            vec![Op::Put(key.clone(), object::encode_for_store(&new))],
+                        )
+                        .await?;
                     if !resp.succeeded {
                         continue;
                     }
-                    meta_mut(&mut new).insert("resourceVersion".into(), json!(resp.revision.to_string()));
+                    meta_mut(&mut new)
+                        .insert("resourceVersion".into(), json!(resp.revision.to_string()));
                     return Ok(new);
                 }
             }
@@ -967,10 +1454,19 @@ impl Api {
         Err(ApiError::conflict(info.resource(), name))
     }
 
-    async fn delete_collection(&self, info: &'static ResourceInfo, ns: Option<String>, q: &Query, body: &[u8]) -> Result<Response, ApiError> {
+    async fn delete_collection(
+        &self,
+        info: &'static ResourceInfo,
+        ns: Option<String>,
+        q: &Query,
+        body: &[u8],
+    ) -> Result<Response, ApiError> {
         let filter = Filter::new(info, ns.clone(), q)?;
         let opts = DeleteOptions::parse(q, body)?;
-        let prefix = keys::list_prefix(info.plural, if info.namespaced { ns.as_deref() } else { None });
+        let prefix = keys::list_prefix(
+            info.plural,
+            if info.namespaced { ns.as_deref() } else { None },
+        );
         let page = self.store.list(&prefix, None, 0, None).await?;
         let mut deleted = Vec::new();
         for kv in &page.kvs {
@@ -979,7 +1475,10 @@ impl Api {
                 continue;
             }
             let ons = object::meta_str(&obj, "namespace").map(String::from);
-            match self.delete_object(info, ons.as_deref(), object::name(&obj), &opts).await {
+            match self
+                .delete_object(info, ons.as_deref(), object::name(&obj), &opts)
+                .await
+            {
                 Ok(v) => deleted.push(v),
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),
@@ -993,7 +1492,10 @@ impl Api {
 
     /// Empties a Terminating namespace, then removes it. Idempotent; safe to call again.
     pub async fn finalize_namespace(&self, ns: &str) -> Result<(), ApiError> {
-        let opts = DeleteOptions { grace_period: Some(0), ..Default::default() };
+        let opts = DeleteOptions {
+            grace_period: Some(0),
+            ..Default::default()
+        };
         for _ in 0..600 {
             let mut remaining = 0;
             for info in resources::RESOURCES.iter().filter(|r| r.namespaced) {
@@ -1002,7 +1504,10 @@ impl Api {
                 for kv in &page.kvs {
                     remaining += 1;
                     let obj = object::decode_stored(kv)?;
-                    match self.delete_object(info, Some(ns), object::name(&obj), &opts).await {
+                    match self
+                        .delete_object(info, Some(ns), object::name(&obj), &opts)
+                        .await
+                    {
                         Ok(_) => {}
                         Err(e) if e.code == 404 => {}
                         Err(e) => tracing::warn!(namespace = ns, "namespace cleanup: {e}"),
@@ -1023,7 +1528,9 @@ impl Api {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(ApiError::internal(format!("namespace {ns} still has content")))
+        Err(ApiError::internal(format!(
+            "namespace {ns} still has content"
+        )))
     }
 }
 
@@ -1042,10 +1549,25 @@ impl ApiError {
     }
     /// 422 on an options object (`ListOptions.meta.k8s.io "" is invalid: field: ...`).
     pub fn invalid_simple(kind: &str, field: &str, body: &str) -> Self {
-        let reason = if body.starts_with("Required") { "FieldValueRequired" } else if body.starts_with("Forbidden") { "FieldValueForbidden" } else { "FieldValueInvalid" };
-        let mut e = ApiError::new(422, "Invalid", format!("{kind} \"\" is invalid: {field}: {body}"));
-        let (group, k) = kind.split_once('.').map(|(k, g)| (g, k)).unwrap_or(("", kind));
-        e.details = Some(json!({"group": group, "kind": k, "causes": [{"reason": reason, "message": body, "field": field}]}));
+        let reason = if body.starts_with("Required") {
+            "FieldValueRequired"
+        } else if body.starts_with("Forbidden") {
+            "FieldValueForbidden"
+        } else {
+            "FieldValueInvalid"
+        };
+        let mut e = ApiError::new(
+            422,
+            "Invalid",
+            format!("{kind} \"\" is invalid: {field}: {body}"),
+        );
+        let (group, k) = kind
+            .split_once('.')
+            .map(|(k, g)| (g, k))
+            .unwrap_or(("", kind));
+        e.details = Some(
+            json!({"group": group, "kind": k, "causes": [{"reason": reason, "message": body, "field": field}]}),
+        );
         e
     }
 }
@@ -1066,9 +1588,15 @@ fn encode_continue(rev: Revision, start_after: &str) -> String {
 
 fn decode_continue(tok: &str) -> Result<(Revision, String), ApiError> {
     let bad = || ApiError::bad_request(format!("continue key is not valid: {tok:?}"));
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(tok.trim_end_matches('=')).map_err(|_| bad())?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(tok.trim_end_matches('='))
+        .map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    let rev = v.get("rv").and_then(|r| r.as_i64()).filter(|r| *r > 0).ok_or_else(bad)?;
+    let rev = v
+        .get("rv")
+        .and_then(|r| r.as_i64())
+        .filter(|r| *r > 0)
+        .ok_or_else(bad)?;
     let start = v.get("start").and_then(|s| s.as_str()).ok_or_else(bad)?;
     if start.contains("..") {
         return Err(bad());
@@ -1112,29 +1640,46 @@ pub struct DeleteOptions {
 
 impl DeleteOptions {
     fn parse(q: &Query, body: &[u8]) -> Result<Self, ApiError> {
-        let mut o = DeleteOptions { dry_run: dry_run(q)?, ..Default::default() };
+        let mut o = DeleteOptions {
+            dry_run: dry_run(q)?,
+            ..Default::default()
+        };
         if let Some(g) = q.get("gracePeriodSeconds") {
-            o.grace_period = Some(g.parse().map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds: {g:?}")))?);
+            o.grace_period = Some(g.parse().map_err(|_| {
+                ApiError::bad_request(format!("invalid gracePeriodSeconds: {g:?}"))
+            })?);
         }
         if body.iter().all(|b| b.is_ascii_whitespace()) {
             return Ok(o);
         }
-        let v: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}")))?;
+        let v: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
+        })?;
         if !v.is_object() {
             return Err(ApiError::bad_request("DeleteOptions must be a JSON object"));
         }
         if let Some(g) = v.get("gracePeriodSeconds").filter(|g| !g.is_null()) {
-            o.grace_period = Some(g.as_i64().ok_or_else(|| ApiError::bad_request("gracePeriodSeconds must be an integer"))?);
+            o.grace_period =
+                Some(g.as_i64().ok_or_else(|| {
+                    ApiError::bad_request("gracePeriodSeconds must be an integer")
+                })?);
         }
         if let Some(p) = v.get("preconditions") {
             o.uid = p.get("uid").and_then(|u| u.as_str()).map(String::from);
-            o.resource_version = p.get("resourceVersion").and_then(|u| u.as_str()).map(String::from);
+            o.resource_version = p
+                .get("resourceVersion")
+                .and_then(|u| u.as_str())
+                .map(String::from);
         }
         if let Some(d) = v.get("dryRun").and_then(|d| d.as_array()) {
             for x in d {
                 match x.as_str() {
                     Some("All") => o.dry_run = true,
-                    other => return Err(ApiError::bad_request(format!("dryRun: Unsupported value: {other:?}: supported values: \"All\""))),
+                    other => {
+                        return Err(ApiError::bad_request(format!(
+                            "dryRun: Unsupported value: {other:?}: supported values: \"All\""
+                        )));
+                    }
                 }
             }
         }
@@ -1161,7 +1706,12 @@ impl Watcher {
         let object = match self.output {
             Output::Json => obj.clone(),
             Output::Table => {
-                let mut t = glue::to_table(self.filter.info.kind, std::slice::from_ref(obj), &self.include, jiff::Timestamp::now());
+                let mut t = glue::to_table(
+                    self.filter.info.kind,
+                    std::slice::from_ref(obj),
+                    &self.include,
+                    jiff::Timestamp::now(),
+                );
                 if !self.first_table {
                     t["columnDefinitions"] = Value::Null;
                 }
@@ -1172,7 +1722,8 @@ impl Watcher {
                 t
             }
         };
-        let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        let mut line =
+            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
         line.push(b'\n');
         Bytes::from(line)
     }
@@ -1209,8 +1760,21 @@ impl Watcher {
         Bytes::from(line)
     }
 
-    async fn run(&mut self, sub: crate::watchcache::Subscription, start_rev: Revision, initial_end: bool, bookmarks: bool, timeout: Duration, cache: Arc<WatchCache>) -> Result<(), ()> {
-        let crate::watchcache::Subscription { backlog, mut rx, mut epoch, .. } = sub;
+    async fn run(
+        &mut self,
+        sub: crate::watchcache::Subscription,
+        start_rev: Revision,
+        initial_end: bool,
+        bookmarks: bool,
+        timeout: Duration,
+        cache: Arc<WatchCache>,
+    ) -> Result<(), ()> {
+        let crate::watchcache::Subscription {
+            backlog,
+            mut rx,
+            mut epoch,
+            ..
+        } = sub;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last = 0;
         for ev in &backlog {
@@ -1260,12 +1824,30 @@ mod tests {
 
     #[test]
     fn paths() {
-        assert!(matches!(parse_path("/api/v1/namespaces/default/services"), Some(Target::Collection { ns: Some(_), .. })));
-        assert!(matches!(parse_path("/api/v1/services"), Some(Target::Collection { ns: None, .. })));
-        assert!(matches!(parse_path("/api/v1/namespaces/default"), Some(Target::Object { .. })));
-        assert!(matches!(parse_path("/api/v1/namespaces/x/status"), Some(Target::Object { sub: Some(_), .. })));
-        assert!(matches!(parse_path("/api/v1/namespaces/x/services/web/status"), Some(Target::Object { sub: Some(_), .. })));
-        assert!(matches!(parse_path("/apis/discovery.k8s.io/v1/namespaces/x/endpointslices"), Some(Target::Collection { .. })));
+        assert!(matches!(
+            parse_path("/api/v1/namespaces/default/services"),
+            Some(Target::Collection { ns: Some(_), .. })
+        ));
+        assert!(matches!(
+            parse_path("/api/v1/services"),
+            Some(Target::Collection { ns: None, .. })
+        ));
+        assert!(matches!(
+            parse_path("/api/v1/namespaces/default"),
+            Some(Target::Object { .. })
+        ));
+        assert!(matches!(
+            parse_path("/api/v1/namespaces/x/status"),
+            Some(Target::Object { sub: Some(_), .. })
+        ));
+        assert!(matches!(
+            parse_path("/api/v1/namespaces/x/services/web/status"),
+            Some(Target::Object { sub: Some(_), .. })
+        ));
+        assert!(matches!(
+            parse_path("/apis/discovery.k8s.io/v1/namespaces/x/endpointslices"),
+            Some(Target::Collection { .. })
+        ));
         assert!(parse_path("/api/v1/namespaces/x/nodes").is_none());
         assert!(parse_path("/api/v1/bogus").is_none());
         assert!(parse_path("/api/v2/services").is_none());
@@ -1282,7 +1864,10 @@ mod tests {
     #[test]
     fn continue_tokens() {
         let t = encode_continue(42, "default/web");
-        assert_eq!(decode_continue(&t).unwrap(), (42, "default/web".to_string()));
+        assert_eq!(
+            decode_continue(&t).unwrap(),
+            (42, "default/web".to_string())
+        );
         assert!(decode_continue("garbage!").is_err());
     }
 }

@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use portico_store::{
-    Compare, Error, Event, EventKind, KeyValue, ListResult, Op, Result, Revision, Store, TxnResponse, WatchStream,
+    Compare, Error, Event, EventKind, KeyValue, ListResult, Op, Result, Revision, Store,
+    TxnResponse, WatchStream,
 };
 use tokio::sync::broadcast;
 
@@ -34,7 +35,12 @@ impl MemStore {
     pub fn new() -> Arc<Self> {
         let (events, _) = broadcast::channel(65536);
         Arc::new(MemStore {
-            state: Mutex::new(State { revision: 1, compacted: 0, data: BTreeMap::new(), history: Vec::new() }),
+            state: Mutex::new(State {
+                revision: 1,
+                compacted: 0,
+                data: BTreeMap::new(),
+                history: Vec::new(),
+            }),
             events,
         })
     }
@@ -67,11 +73,18 @@ impl Store for MemStore {
             return Err(Error::FutureRevision(at));
         }
         if at < st.compacted {
-            return Err(Error::Compacted { requested: at, compacted: st.compacted });
+            return Err(Error::Compacted {
+                requested: at,
+                compacted: st.compacted,
+            });
         }
         // Start from the latest state and undo every batch newer than `at`.
-        let mut view: BTreeMap<String, KeyValue> =
-            st.data.range(prefix.to_string()..).take_while(|(k, _)| under(prefix, k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut view: BTreeMap<String, KeyValue> = st
+            .data
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| under(prefix, k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for batch in st.history.iter().rev() {
             if batch.0 <= at {
                 break;
@@ -100,7 +113,11 @@ impl Store for MemStore {
             }
             kvs.push(v);
         }
-        Ok(ListResult { kvs, revision: at, more })
+        Ok(ListResult {
+            kvs,
+            revision: at,
+            more,
+        })
     }
 
     async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnResponse> {
@@ -109,11 +126,17 @@ impl Store for MemStore {
             let Compare::ModRevision(key, rev) = c;
             let actual = st.data.get(key).map(|kv| kv.mod_revision).unwrap_or(0);
             if actual != *rev {
-                return Ok(TxnResponse { succeeded: false, revision: st.revision });
+                return Ok(TxnResponse {
+                    succeeded: false,
+                    revision: st.revision,
+                });
             }
         }
         if ops.is_empty() {
-            return Ok(TxnResponse { succeeded: true, revision: st.revision });
+            return Ok(TxnResponse {
+                succeeded: true,
+                revision: st.revision,
+            });
         }
         let rev = st.revision + 1;
         let mut events = Vec::new();
@@ -122,35 +145,67 @@ impl Store for MemStore {
                 Op::Put(key, value) => {
                     let prev = st.data.get(&key).cloned();
                     let create_revision = prev.as_ref().map(|p| p.create_revision).unwrap_or(rev);
-                    let kv = KeyValue { key: key.clone(), value, create_revision, mod_revision: rev };
+                    let kv = KeyValue {
+                        key: key.clone(),
+                        value,
+                        create_revision,
+                        mod_revision: rev,
+                    };
                     st.data.insert(key, kv.clone());
-                    events.push(Event { kind: EventKind::Put, kv, prev });
+                    events.push(Event {
+                        kind: EventKind::Put,
+                        kv,
+                        prev,
+                    });
                 }
                 Op::Delete(key) => {
                     if let Some(prev) = st.data.remove(&key) {
-                        let kv = KeyValue { key, value: Bytes::new(), create_revision: 0, mod_revision: rev };
-                        events.push(Event { kind: EventKind::Delete, kv, prev: Some(prev) });
+                        let kv = KeyValue {
+                            key,
+                            value: Bytes::new(),
+                            create_revision: 0,
+                            mod_revision: rev,
+                        };
+                        events.push(Event {
+                            kind: EventKind::Delete,
+                            kv,
+                            prev: Some(prev),
+                        });
                     }
                 }
             }
         }
         if events.is_empty() {
-            return Ok(TxnResponse { succeeded: true, revision: st.revision });
+            return Ok(TxnResponse {
+                succeeded: true,
+                revision: st.revision,
+            });
         }
         st.revision = rev;
         let batch = Arc::new((rev, events));
         st.history.push(batch.clone());
         let _ = self.events.send(batch);
-        Ok(TxnResponse { succeeded: true, revision: rev })
+        Ok(TxnResponse {
+            succeeded: true,
+            revision: rev,
+        })
     }
 
     async fn watch(&self, prefix: &str, after_revision: Revision) -> Result<WatchStream> {
         let (backlog, rx) = {
             let st = self.lock();
             if after_revision < st.compacted {
-                return Err(Error::Compacted { requested: after_revision + 1, compacted: st.compacted });
+                return Err(Error::Compacted {
+                    requested: after_revision + 1,
+                    compacted: st.compacted,
+                });
             }
-            let backlog: Vec<Batch> = st.history.iter().filter(|b| b.0 > after_revision).cloned().collect();
+            let backlog: Vec<Batch> = st
+                .history
+                .iter()
+                .filter(|b| b.0 > after_revision)
+                .cloned()
+                .collect();
             (backlog, self.events.subscribe())
         };
         let prefix = prefix.to_string();
@@ -158,11 +213,19 @@ impl Store for MemStore {
             if b.0 <= after {
                 return None;
             }
-            let evs: Vec<Event> = b.1.iter().filter(|e| under(prefix, &e.kv.key)).cloned().collect();
+            let evs: Vec<Event> =
+                b.1.iter()
+                    .filter(|e| under(prefix, &e.kv.key))
+                    .cloned()
+                    .collect();
             if evs.is_empty() { None } else { Some(evs) }
         };
         let p1 = prefix.clone();
-        let first = futures::stream::iter(backlog.into_iter().filter_map(move |b| filter(&b, after_revision, &p1).map(Ok)));
+        let first = futures::stream::iter(
+            backlog
+                .into_iter()
+                .filter_map(move |b| filter(&b, after_revision, &p1).map(Ok)),
+        );
         let last_backlog = after_revision;
         let live = futures::stream::unfold((rx, prefix), move |(mut rx, prefix)| async move {
             loop {
@@ -173,7 +236,10 @@ impl Store for MemStore {
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        return Some((Err(Error::Internal("watcher fell behind".into())), (rx, prefix)));
+                        return Some((
+                            Err(Error::Internal("watcher fell behind".into())),
+                            (rx, prefix),
+                        ));
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,
                 }
@@ -222,13 +288,29 @@ mod tests {
     async fn cas_list_watch_compact() {
         let s = MemStore::new();
         let put = |k: &str, v: &str| Op::Put(k.into(), Bytes::from(v.to_string()));
-        let r = s.txn(vec![Compare::ModRevision("/a/1".into(), 0)], vec![put("/a/1", "x")]).await.unwrap();
+        let r = s
+            .txn(
+                vec![Compare::ModRevision("/a/1".into(), 0)],
+                vec![put("/a/1", "x")],
+            )
+            .await
+            .unwrap();
         assert!(r.succeeded);
         assert_eq!(r.revision, 2);
-        let r = s.txn(vec![Compare::ModRevision("/a/1".into(), 0)], vec![put("/a/1", "y")]).await.unwrap();
+        let r = s
+            .txn(
+                vec![Compare::ModRevision("/a/1".into(), 0)],
+                vec![put("/a/1", "y")],
+            )
+            .await
+            .unwrap();
         assert!(!r.succeeded);
-        s.txn(vec![], vec![put("/a/2", "z"), put("/b/1", "q")]).await.unwrap();
-        s.txn(vec![], vec![Op::Delete("/a/1".into())]).await.unwrap();
+        s.txn(vec![], vec![put("/a/2", "z"), put("/b/1", "q")])
+            .await
+            .unwrap();
+        s.txn(vec![], vec![Op::Delete("/a/1".into())])
+            .await
+            .unwrap();
         let now = s.list("/a/", None, 0, None).await.unwrap();
         assert_eq!(now.kvs.len(), 1);
         let then = s.list("/a/", None, 0, Some(2)).await.unwrap();
@@ -243,7 +325,13 @@ mod tests {
         let b = w.next().await.unwrap().unwrap();
         assert_eq!(b[0].kind, EventKind::Delete);
         s.compact(3).await.unwrap();
-        assert!(matches!(s.watch("/a/", 1).await, Err(Error::Compacted { .. })));
-        assert!(matches!(s.list("/a/", None, 0, Some(2)).await, Err(Error::Compacted { .. })));
+        assert!(matches!(
+            s.watch("/a/", 1).await,
+            Err(Error::Compacted { .. })
+        ));
+        assert!(matches!(
+            s.list("/a/", None, 0, Some(2)).await,
+            Err(Error::Compacted { .. })
+        ));
     }
 }

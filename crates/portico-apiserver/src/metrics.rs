@@ -9,7 +9,10 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
-const BUCKETS: &[f64] = &[0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0];
+const BUCKETS: &[f64] = &[
+    0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0,
+    10.0, 15.0, 20.0, 30.0, 45.0, 60.0,
+];
 
 /// The labels of one request series.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -69,17 +72,41 @@ impl Metrics {
         out.push_str("# HELP apiserver_request_total Counter of apiserver requests broken out for each verb, dry run value, group, version, resource, scope, component, and HTTP response code.\n");
         out.push_str("# TYPE apiserver_request_total counter\n");
         for ((l, code), n) in &inner.totals {
-            let _ = writeln!(out, "apiserver_request_total{{{},code=\"{code}\"}} {n}", lbl(l));
+            let _ = writeln!(
+                out,
+                "apiserver_request_total{{{},code=\"{code}\"}} {n}",
+                lbl(l)
+            );
         }
         out.push_str("# HELP apiserver_request_duration_seconds Response latency distribution in seconds for each verb, dry run value, group, version, resource, subresource, scope and component.\n");
         out.push_str("# TYPE apiserver_request_duration_seconds histogram\n");
         for (l, h) in &inner.durations {
             for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "apiserver_request_duration_seconds_bucket{{{},le=\"{b}\"}} {}", lbl(l), h.counts[i]);
+                let _ = writeln!(
+                    out,
+                    "apiserver_request_duration_seconds_bucket{{{},le=\"{b}\"}} {}",
+                    lbl(l),
+                    h.counts[i]
+                );
             }
-            let _ = writeln!(out, "apiserver_request_duration_seconds_bucket{{{},le=\"+Inf\"}} {}", lbl(l), h.count);
-            let _ = writeln!(out, "apiserver_request_duration_seconds_sum{{{}}} {}", lbl(l), h.sum);
-            let _ = writeln!(out, "apiserver_request_duration_seconds_count{{{}}} {}", lbl(l), h.count);
+            let _ = writeln!(
+                out,
+                "apiserver_request_duration_seconds_bucket{{{},le=\"+Inf\"}} {}",
+                lbl(l),
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "apiserver_request_duration_seconds_sum{{{}}} {}",
+                lbl(l),
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "apiserver_request_duration_seconds_count{{{}}} {}",
+                lbl(l),
+                h.count
+            );
         }
         out
     }
@@ -92,7 +119,13 @@ mod tests {
     #[test]
     fn renders_counts_and_buckets() {
         let m = Metrics::default();
-        let l = Labels { verb: "LIST".into(), group: "".into(), version: "v1".into(), resource: "services".into(), subresource: "".into() };
+        let l = Labels {
+            verb: "LIST".into(),
+            group: "".into(),
+            version: "v1".into(),
+            resource: "services".into(),
+            subresource: "".into(),
+        };
         m.observe(l.clone(), 200, Duration::from_millis(3));
         m.observe(l, 200, Duration::from_millis(30));
         let text = m.render();

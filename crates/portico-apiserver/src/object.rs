@@ -31,7 +31,10 @@ pub fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
 }
 
 pub fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
-    meta(obj).and_then(|m| m.get(field)).and_then(|v| v.as_str()).filter(|s| !s.is_empty())
+    meta(obj)
+        .and_then(|m| m.get(field))
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
 }
 
 pub fn name(obj: &Value) -> &str {
@@ -42,7 +45,11 @@ pub fn labels(obj: &Value) -> BTreeMap<String, String> {
     meta(obj)
         .and_then(|m| m.get("labels"))
         .and_then(|l| l.as_object())
-        .map(|l| l.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect())
+        .map(|l| {
+            l.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -50,7 +57,11 @@ pub fn finalizers(obj: &Value) -> Vec<String> {
     meta(obj)
         .and_then(|m| m.get("finalizers"))
         .and_then(|l| l.as_array())
-        .map(|l| l.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|l| {
+            l.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -62,7 +73,10 @@ pub fn resource_version(obj: &Value) -> Option<&str> {
 pub fn decode_stored(kv: &KeyValue) -> Result<Value, ApiError> {
     let mut v: Value = serde_json::from_slice(&kv.value)
         .map_err(|e| ApiError::internal(format!("stored object {} is not JSON: {e}", kv.key)))?;
-    meta_mut(&mut v).insert("resourceVersion".into(), Value::String(kv.mod_revision.to_string()));
+    meta_mut(&mut v).insert(
+        "resourceVersion".into(),
+        Value::String(kv.mod_revision.to_string()),
+    );
     Ok(v)
 }
 
@@ -116,8 +130,16 @@ pub fn check_type(info: &ResourceInfo, v: &mut Value) -> Result<(), ApiError> {
             info.kind
         )));
     };
-    let av = m.get("apiVersion").and_then(|x| x.as_str()).unwrap_or("").to_string();
-    let kind = m.get("kind").and_then(|x| x.as_str()).unwrap_or("").to_string();
+    let av = m
+        .get("apiVersion")
+        .and_then(|x| x.as_str())
+        .unwrap_or("")
+        .to_string();
+    let kind = m
+        .get("kind")
+        .and_then(|x| x.as_str())
+        .unwrap_or("")
+        .to_string();
     if (!av.is_empty() && av != info.api_version()) || (!kind.is_empty() && kind != info.kind) {
         return Err(ApiError::bad_request(format!(
             "the API version in the data ({av}) does not match the expected API version ({})",
@@ -142,7 +164,9 @@ pub fn check_type(info: &ResourceInfo, v: &mut Value) -> Result<(), ApiError> {
 impl ApiError {
     fn with_kind_mismatch(self, got: &str, want: &str) -> Self {
         if !got.is_empty() && got != want {
-            ApiError::bad_request(format!("the kind in the data ({got}) does not match the expected kind ({want})"))
+            ApiError::bad_request(format!(
+                "the kind in the data ({got}) does not match the expected kind ({want})"
+            ))
         } else {
             self
         }
@@ -152,7 +176,9 @@ impl ApiError {
 /// RFC 3339 with whole seconds, as upstream's `metav1.Time`.
 pub fn now_rfc3339() -> String {
     let now = jiff::Timestamp::now();
-    jiff::Timestamp::from_second(now.as_second()).map(|t| t.to_string()).unwrap_or_else(|_| now.to_string())
+    jiff::Timestamp::from_second(now.as_second())
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| now.to_string())
 }
 
 /// The parts of an object that count as its "spec" for generation bumps: everything but
@@ -233,10 +259,8 @@ pub fn apply_kind_defaults(info: &ResourceInfo, obj: &mut Value, creating: bool)
             }
         }
         "Pod" => default_pod(obj, creating),
-        "Node" => {
-            if creating && obj.get("status").is_none_or(|s| s.is_null()) {
-                obj["status"] = json!({});
-            }
+        "Node" if creating && obj.get("status").is_none_or(|s| s.is_null()) => {
+            obj["status"] = json!({});
         }
         _ => {}
     }
@@ -261,11 +285,24 @@ fn default_pod(obj: &mut Value, creating: bool) {
     for list in ["containers", "initContainers"] {
         if let Some(cs) = spec.get_mut(list).and_then(|c| c.as_array_mut()) {
             for c in cs.iter_mut().filter_map(|c| c.as_object_mut()) {
-                let image = c.get("image").and_then(|i| i.as_str()).unwrap_or("").to_string();
-                let tag = image.rsplit('/').next().and_then(|last| last.split_once(':')).map(|(_, t)| t.to_string());
-                let pull = if image.contains('@') || tag.as_deref().is_some_and(|t| t != "latest") { "IfNotPresent" } else { "Always" };
+                let image = c
+                    .get("image")
+                    .and_then(|i| i.as_str())
+                    .unwrap_or("")
+                    .to_string();
+                let tag = image
+                    .rsplit('/')
+                    .next()
+                    .and_then(|last| last.split_once(':'))
+                    .map(|(_, t)| t.to_string());
+                let pull = if image.contains('@') || tag.as_deref().is_some_and(|t| t != "latest") {
+                    "IfNotPresent"
+                } else {
+                    "Always"
+                };
                 c.entry("imagePullPolicy").or_insert(json!(pull));
-                c.entry("terminationMessagePath").or_insert(json!("/dev/termination-log"));
+                c.entry("terminationMessagePath")
+                    .or_insert(json!("/dev/termination-log"));
                 c.entry("terminationMessagePolicy").or_insert(json!("File"));
                 c.entry("resources").or_insert(json!({}));
                 if let Some(ports) = c.get_mut("ports").and_then(|p| p.as_array_mut()) {
@@ -326,10 +363,18 @@ pub fn keep_other_half(info: &ResourceInfo, old: &Value, new: &mut Value, status
 
 /// Copies the metadata a client may not change on update from the stored object.
 pub fn keep_system_meta(old: &Value, new: &mut Value) {
-    let keep: Vec<(String, Option<Value>)> = ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace", "selfLink"]
-        .iter()
-        .map(|k| (k.to_string(), meta(old).and_then(|m| m.get(*k)).cloned()))
-        .collect();
+    let keep: Vec<(String, Option<Value>)> = [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "namespace",
+        "selfLink",
+    ]
+    .iter()
+    .map(|k| (k.to_string(), meta(old).and_then(|m| m.get(*k)).cloned()))
+    .collect();
     let m = meta_mut(new);
     for (k, v) in keep {
         match v {
@@ -349,7 +394,9 @@ pub fn generate_name(base: &str) -> String {
     use rand::Rng;
     let mut rng = rand::rng();
     let base: String = base.chars().take(58).collect();
-    let suffix: String = (0..5).map(|_| NAME_ALPHABET[rng.random_range(0..NAME_ALPHABET.len())] as char).collect();
+    let suffix: String = (0..5)
+        .map(|_| NAME_ALPHABET[rng.random_range(0..NAME_ALPHABET.len())] as char)
+        .collect();
     format!("{base}{suffix}")
 }
 
@@ -359,7 +406,9 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
         && s.len() <= 253
         && s.split('.').all(|label| {
             !label.is_empty()
-                && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -386,9 +435,17 @@ mod tests {
     #[test]
     fn roundtrip_rejects_bad_types_and_drops_unknown() {
         let info = crate::resources::by_plural("services").unwrap();
-        let ok = typed_roundtrip(info, json!({"metadata": {"name": "a"}, "spec": {"ports": [{"port": 80}], "bogus": 1}})).unwrap();
+        let ok = typed_roundtrip(
+            info,
+            json!({"metadata": {"name": "a"}, "spec": {"ports": [{"port": 80}], "bogus": 1}}),
+        )
+        .unwrap();
         assert!(ok["spec"].get("bogus").is_none());
-        let err = typed_roundtrip(info, json!({"metadata": {"name": "a"}, "spec": {"ports": [{"port": "x"}]}})).unwrap_err();
+        let err = typed_roundtrip(
+            info,
+            json!({"metadata": {"name": "a"}, "spec": {"ports": [{"port": "x"}]}}),
+        )
+        .unwrap_err();
         assert_eq!(err.code, 400);
     }
 }

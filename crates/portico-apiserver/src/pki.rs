@@ -9,7 +9,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use base64::Engine;
-use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
 
 /// A certificate time `secs` after the Unix epoch (rcgen's time type, without naming it).
 macro_rules! time_from {
@@ -22,7 +25,13 @@ fn write_private(path: &Path, data: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(data.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
@@ -30,7 +39,9 @@ fn write_private(path: &Path, data: &str) -> Result<()> {
 }
 
 fn read(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path).ok().filter(|s| !s.trim().is_empty())
+    std::fs::read_to_string(path)
+        .ok()
+        .filter(|s| !s.trim().is_empty())
 }
 
 /// Loads or creates the material in `dir/pki` for a server reachable under `sans`.
@@ -68,7 +79,10 @@ pub fn ensure(dir: &Path, sans: &[String]) -> Result<Pki> {
                     Err(_) => s.clone().try_into().map(SanType::DnsName),
                 })
                 .collect::<Result<_, _>>()?;
-            p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+            p.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             let now = jiff::Timestamp::now().as_second();
             p.not_before = time_from!(now - 3600);
@@ -91,7 +105,10 @@ pub fn ensure(dir: &Path, sans: &[String]) -> Result<Pki> {
             dn.push(DnType::CommonName, "kubernetes-admin");
             dn.push(DnType::OrganizationName, "system:masters");
             p.distinguished_name = dn;
-            p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+            p.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             let now = jiff::Timestamp::now().as_second();
             p.not_before = time_from!(now - 3600);
@@ -114,7 +131,14 @@ pub fn ensure(dir: &Path, sans: &[String]) -> Result<Pki> {
             t
         }
     };
-    Ok(Pki { ca_pem, serving_cert_pem, serving_key_pem, admin_token, admin_cert_pem, admin_key_pem })
+    Ok(Pki {
+        ca_pem,
+        serving_cert_pem,
+        serving_key_pem,
+        admin_token,
+        admin_cert_pem,
+        admin_key_pem,
+    })
 }
 
 impl Pki {
@@ -124,15 +148,20 @@ impl Pki {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(self.serving_cert_pem.as_bytes()).collect::<Result<_, _>>()?;
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(self.serving_cert_pem.as_bytes())
+                .collect::<Result<_, _>>()?;
         let key = PrivateKeyDer::from_pem_slice(self.serving_key_pem.as_bytes())?;
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
             roots.add(c?)?;
         }
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .allow_unauthenticated()
-            .build()?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
@@ -179,13 +208,16 @@ fn ca_params() -> CertificateParams {
     dn.push(DnType::CommonName, "portico-ca");
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let now = jiff::Timestamp::now().as_second();
     p.not_before = time_from!(now - 3600);
     p.not_after = time_from!(now + 10 * 365 * 86400);
     p
 }
-
 
 /// Writes `path` atomically with owner-only permissions.
 pub fn write_kubeconfig(path: &Path, text: &str) -> Result<PathBuf> {

@@ -27,24 +27,43 @@ pub struct ResourceInfo {
 impl ResourceInfo {
     /// `v1` or `discovery.k8s.io/v1`.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
     pub fn list_kind(&self) -> String {
         format!("{}List", self.kind)
     }
     pub fn resource(&self) -> crate::error::Resource<'static> {
-        crate::error::Resource { group: self.group, plural: self.plural, kind: self.kind }
+        crate::error::Resource {
+            group: self.group,
+            plural: self.plural,
+            kind: self.kind,
+        }
     }
     /// Store prefix of every object of this resource.
     pub fn prefix(&self) -> String {
         crate::keys::list_prefix(self.plural, None)
     }
     pub fn supports_field(&self, field: &str) -> bool {
-        field == "metadata.name" || (field == "metadata.namespace") || self.field_labels.contains(&field)
+        field == "metadata.name"
+            || (field == "metadata.namespace")
+            || self.field_labels.contains(&field)
     }
 }
 
-const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 /// The verbs of every main resource.
 pub fn verbs() -> &'static [&'static str] {
@@ -197,15 +216,22 @@ pub static RESOURCES: &[ResourceInfo] = &[
 pub static GROUPS: &[&str] = &["discovery.k8s.io", "networking.k8s.io"];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {
-    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 pub fn by_plural(plural: &str) -> Option<&'static ResourceInfo> {
     RESOURCES.iter().find(|r| r.plural == plural)
 }
 
-pub fn in_group_version<'a>(group: &'a str, version: &'a str) -> impl Iterator<Item = &'static ResourceInfo> + use<'a> {
-    RESOURCES.iter().filter(move |r| r.group == group && r.version == version)
+pub fn in_group_version<'a>(
+    group: &'a str,
+    version: &'a str,
+) -> impl Iterator<Item = &'static ResourceInfo> + use<'a> {
+    RESOURCES
+        .iter()
+        .filter(move |r| r.group == group && r.version == version)
 }
 
 /// The value of a field-selector field on an object, as upstream's field-label functions
@@ -217,8 +243,14 @@ pub fn field_value(info: &ResourceInfo, obj: &serde_json::Value, field: &str) ->
         "metadata.name" => s(ptr("/metadata/name")?),
         "metadata.namespace" => ptr("/metadata/namespace").map(s).unwrap_or_default(),
         "source" if info.plural == "events" => ptr("/source/component").map(s).unwrap_or_default(),
-        "spec.unschedulable" => ptr("/spec/unschedulable").and_then(|v| v.as_bool()).unwrap_or(false).to_string(),
-        "spec.hostNetwork" => ptr("/spec/hostNetwork").and_then(|v| v.as_bool()).unwrap_or(false).to_string(),
+        "spec.unschedulable" => ptr("/spec/unschedulable")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false)
+            .to_string(),
+        "spec.hostNetwork" => ptr("/spec/hostNetwork")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false)
+            .to_string(),
         "status.podIPs" => ptr("/status/podIPs/0/ip").map(s).unwrap_or_default(),
         other => {
             let p = format!("/{}", other.replace('.', "/"));

@@ -44,20 +44,29 @@ pub fn router(server: Arc<Server>) -> Router {
 }
 
 fn is_health(path: &str) -> bool {
-    ["/healthz", "/livez", "/readyz"].iter().any(|p| path == *p || path.starts_with(&format!("{p}/")))
+    ["/healthz", "/livez", "/readyz"]
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
 }
 
 fn authenticated(server: &Server, req: &Request) -> bool {
     if req.extensions().get::<ClientCertUser>().is_some() {
         return true;
     }
-    let Some(auth) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+    let Some(auth) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
     let Some(token) = auth.strip_prefix("Bearer ").map(str::trim) else {
         return false;
     };
-    server.tokens.iter().any(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+    server
+        .tokens
+        .iter()
+        .any(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -69,12 +78,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 fn text(code: StatusCode, body: &'static str) -> Response {
     let mut r = (code, body).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
 fn not_found() -> ApiError {
-    ApiError::new(404, "NotFound", "the server could not find the requested resource")
+    ApiError::new(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+    )
 }
 
 async fn handle(State(server): State<Arc<Server>>, req: Request) -> Response {
@@ -82,7 +98,10 @@ async fn handle(State(server): State<Arc<Server>>, req: Request) -> Response {
     let path = req.uri().path().to_string();
     if is_health(&path) {
         if path.starts_with("/readyz") && !server.ready.load(Ordering::Relaxed) {
-            return text(StatusCode::INTERNAL_SERVER_ERROR, "[-]portico-ready failed: not ready\nreadyz check failed\n");
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "[-]portico-ready failed: not ready\nreadyz check failed\n",
+            );
         }
         return text(StatusCode::OK, "ok");
     }
@@ -112,7 +131,9 @@ async fn handle(State(server): State<Arc<Server>>, req: Request) -> Response {
         },
     };
     if let Some(l) = labels {
-        server.metrics.observe(l, resp.status().as_u16(), started.elapsed());
+        server
+            .metrics
+            .observe(l, resp.status().as_u16(), started.elapsed());
     }
     resp
 }
@@ -124,7 +145,8 @@ async fn read_body(mut body: Body) -> Result<bytes::Bytes, ApiError> {
     let mut buf = bytes::BytesMut::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::bad_request(format!("error reading request body: {e}")))?;
+        let frame =
+            frame.map_err(|e| ApiError::bad_request(format!("error reading request body: {e}")))?;
         if let Ok(data) = frame.into_data() {
             seen += data.len();
             if seen <= MAX_BODY {
@@ -140,7 +162,12 @@ async fn read_body(mut body: Body) -> Result<bytes::Bytes, ApiError> {
     Ok(buf.freeze())
 }
 
-fn metric_labels(method: &Method, target: Option<&Target>, q: &Query, headers: &axum::http::HeaderMap) -> Option<Labels> {
+fn metric_labels(
+    method: &Method,
+    target: Option<&Target>,
+    q: &Query,
+    headers: &axum::http::HeaderMap,
+) -> Option<Labels> {
     let t = target?;
     let info = t.info();
     let (is_collection, sub) = match t {
@@ -154,30 +181,60 @@ fn metric_labels(method: &Method, target: Option<&Target>, q: &Query, headers: &
         ("PATCH", _) if codec::content_type(headers) == "application/apply-patch+yaml" => "APPLY",
         (m, _) => m,
     };
-    Some(Labels { verb: verb.to_string(), group: info.group.to_string(), version: info.version.to_string(), resource: info.plural.to_string(), subresource: sub.to_string() })
+    Some(Labels {
+        verb: verb.to_string(),
+        group: info.group.to_string(),
+        version: info.version.to_string(),
+        resource: info.plural.to_string(),
+        subresource: sub.to_string(),
+    })
 }
 
-async fn non_resource(server: &Server, method: &Method, path: &str, q: &Query, headers: &axum::http::HeaderMap) -> Result<Response, ApiError> {
+async fn non_resource(
+    server: &Server,
+    method: &Method,
+    path: &str,
+    q: &Query,
+    headers: &axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
     if method != Method::GET && method != Method::HEAD {
         return Err(not_found());
     }
-    let segs: Vec<&str> = path.trim_start_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path
+        .trim_start_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     Ok(match segs.as_slice() {
         ["version"] => codec::json(StatusCode::OK, &discovery::version()),
         ["api"] => discovery::api(headers, &server.server_address),
         ["apis"] => discovery::apis(headers),
-        ["api", v] => codec::json(StatusCode::OK, &discovery::resource_list("", v).ok_or_else(not_found)?),
+        ["api", v] => codec::json(
+            StatusCode::OK,
+            &discovery::resource_list("", v).ok_or_else(not_found)?,
+        ),
         ["apis", g] => codec::json(StatusCode::OK, &discovery::group(g).ok_or_else(not_found)?),
-        ["apis", g, v] => codec::json(StatusCode::OK, &discovery::resource_list(g, v).ok_or_else(not_found)?),
+        ["apis", g, v] => codec::json(
+            StatusCode::OK,
+            &discovery::resource_list(g, v).ok_or_else(not_found)?,
+        ),
         ["metrics"] => {
             let mut r = server.metrics.render().into_response();
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
             r
         }
         ["openapi", "v2"] => {
             let doc = crate::glue::openapi_v2().ok_or_else(not_found)?;
             let mut r = doc.into_response();
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/com.github.proto-openapi.spec.v2.v1.0+protobuf"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                ),
+            );
             r
         }
         ["openapi", "v3"] => codec::json(StatusCode::OK, &crate::glue::openapi_v3_index()),
@@ -188,8 +245,13 @@ async fn non_resource(server: &Server, method: &Method, path: &str, q: &Query, h
             if let Ok(v) = HeaderValue::from_str(&format!("\"{hash}\"")) {
                 r.headers_mut().insert(header::ETAG, v);
             }
-            let cc = if q.get("hash") == Some(hash.as_str()) { "public, immutable" } else { "no-cache, private" };
-            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(cc));
+            let cc = if q.get("hash") == Some(hash.as_str()) {
+                "public, immutable"
+            } else {
+                "no-cache, private"
+            };
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static(cc));
             r
         }
         _ => return Err(not_found()),
@@ -197,7 +259,12 @@ async fn non_resource(server: &Server, method: &Method, path: &str, q: &Query, h
 }
 
 /// Serves `app` over HTTPS on `listener` until `shutdown` is cancelled.
-pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: Router, shutdown: CancellationToken) {
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    shutdown: CancellationToken,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -217,21 +284,34 @@ pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, ap
         let app = app.clone();
         let shutdown = shutdown.clone();
         conns.spawn(async move {
-            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                acceptor.accept(tcp),
+            )
+            .await
+            {
                 Ok(Ok(t)) => t,
                 _ => return,
             };
-            let cert_user = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|_| ClientCertUser("kubernetes-admin".into()));
-            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let mut req = req.map(Body::new);
-                if let Some(u) = &cert_user {
-                    req.extensions_mut().insert(u.clone());
-                }
-                let app = app.clone();
-                async move { tower::ServiceExt::oneshot(app, req).await }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc);
+            let cert_user = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|_| ClientCertUser("kubernetes-admin".into()));
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let mut req = req.map(Body::new);
+                    if let Some(u) = &cert_user {
+                        req.extensions_mut().insert(u.clone());
+                    }
+                    let app = app.clone();
+                    async move { tower::ServiceExt::oneshot(app, req).await }
+                });
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let conn =
+                builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc);
             tokio::select! {
                 _ = conn => {}
                 _ = shutdown.cancelled() => {}

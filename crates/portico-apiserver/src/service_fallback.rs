@@ -9,18 +9,26 @@ pub fn defaults(svc: &mut Value, old: Option<&Value>) {
         svc["spec"] = json!({});
     }
     let spec = svc["spec"].as_object_mut().expect("object ensured above");
-    let ty = spec.entry("type").or_insert(json!("ClusterIP")).as_str().unwrap_or("ClusterIP").to_string();
+    let ty = spec
+        .entry("type")
+        .or_insert(json!("ClusterIP"))
+        .as_str()
+        .unwrap_or("ClusterIP")
+        .to_string();
     if ty != "ExternalName" {
         spec.entry("sessionAffinity").or_insert(json!("None"));
-        spec.entry("internalTrafficPolicy").or_insert(json!("Cluster"));
+        spec.entry("internalTrafficPolicy")
+            .or_insert(json!("Cluster"));
         spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
         spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
     }
     if ty == "NodePort" || ty == "LoadBalancer" {
-        spec.entry("externalTrafficPolicy").or_insert(json!("Cluster"));
+        spec.entry("externalTrafficPolicy")
+            .or_insert(json!("Cluster"));
     }
     if ty == "LoadBalancer" {
-        spec.entry("allocateLoadBalancerNodePorts").or_insert(json!(true));
+        spec.entry("allocateLoadBalancerNodePorts")
+            .or_insert(json!(true));
     }
     if let Some(ports) = spec.get_mut("ports").and_then(|p| p.as_array_mut()) {
         for p in ports.iter_mut().filter_map(|p| p.as_object_mut()) {

@@ -29,7 +29,11 @@ impl TestServer {
     /// Like [`TestServer::start`], after letting the caller adjust the flags.
     pub async fn start_with(adjust: impl FnOnce(&mut Args)) -> anyhow::Result<TestServer> {
         let dir = tempfile::tempdir()?;
-        let mut args = Args { data_dir: dir.path().to_path_buf(), secure_port: 0, ..Args::default() };
+        let mut args = Args {
+            data_dir: dir.path().to_path_buf(),
+            secure_port: 0,
+            ..Args::default()
+        };
         adjust(&mut args);
         let running = cli::start(args).await?;
         Ok(TestServer {
@@ -49,7 +53,10 @@ impl TestServer {
 
     /// The admin bearer token.
     pub fn token(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("admin-token")).unwrap_or_default().trim().to_string()
+        std::fs::read_to_string(self.dir.path().join("admin-token"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
     }
 
     /// The CA certificate (PEM) that signs the serving certificate.

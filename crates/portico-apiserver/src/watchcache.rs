@@ -50,8 +50,19 @@ pub struct CacheEvent {
 }
 
 impl CacheEvent {
-    pub fn new(revision: Revision, kind: EventType, object: Arc<Value>, prev: Option<Arc<Value>>) -> Self {
-        CacheEvent { revision, kind, object, prev, line: OnceLock::new() }
+    pub fn new(
+        revision: Revision,
+        kind: EventType,
+        object: Arc<Value>,
+        prev: Option<Arc<Value>>,
+    ) -> Self {
+        CacheEvent {
+            revision,
+            kind,
+            object,
+            prev,
+            line: OnceLock::new(),
+        }
     }
     /// `{"type":…,"object":…}\n`, encoded once.
     pub fn json_line(&self) -> Bytes {
@@ -103,7 +114,13 @@ impl WatchCache {
         let (tx, _) = broadcast::channel(16384);
         Arc::new(WatchCache {
             info,
-            inner: Mutex::new(Inner { revision: 0, oldest: 0, objects: BTreeMap::new(), history: VecDeque::new(), epoch: 0 }),
+            inner: Mutex::new(Inner {
+                revision: 0,
+                oldest: 0,
+                objects: BTreeMap::new(),
+                history: VecDeque::new(),
+                epoch: 0,
+            }),
             tx,
             ready: watch::channel(false).0,
             epoch_tx: watch::channel(0).0,
@@ -127,7 +144,10 @@ impl WatchCache {
                                 match batch {
                                     Ok(evs) => self.apply(evs),
                                     Err(e) => {
-                                        tracing::warn!(resource = self.info.plural, "store watch failed: {e}");
+                                        tracing::warn!(
+                                            resource = self.info.plural,
+                                            "store watch failed: {e}"
+                                        );
                                         break;
                                     }
                                 }
@@ -178,16 +198,25 @@ impl WatchCache {
             let key = ev.kv.key.clone();
             let cache_ev = match ev.kind {
                 EventKind::Put => {
-                    let Ok(obj) = decode_stored(&ev.kv) else { continue };
+                    let Ok(obj) = decode_stored(&ev.kv) else {
+                        continue;
+                    };
                     let obj = Arc::new(obj);
                     let prev = inner.objects.insert(key, obj.clone());
-                    let kind = if prev.is_some() { EventType::Modified } else { EventType::Added };
+                    let kind = if prev.is_some() {
+                        EventType::Modified
+                    } else {
+                        EventType::Added
+                    };
                     CacheEvent::new(rev, kind, obj, prev)
                 }
                 EventKind::Delete => {
-                    let Some(prev) = inner.objects.remove(&key) else { continue };
+                    let Some(prev) = inner.objects.remove(&key) else {
+                        continue;
+                    };
                     let mut last = (*prev).clone();
-                    crate::object::meta_mut(&mut last).insert("resourceVersion".into(), Value::String(rev.to_string()));
+                    crate::object::meta_mut(&mut last)
+                        .insert("resourceVersion".into(), Value::String(rev.to_string()));
                     CacheEvent::new(rev, EventType::Deleted, Arc::new(last), Some(prev))
                 }
             };
@@ -215,29 +244,57 @@ impl WatchCache {
     /// Every current object (with its resourceVersion) and the cache revision.
     pub fn snapshot(&self, prefix: &str) -> (Vec<Arc<Value>>, Revision) {
         let inner = self.lock();
-        let objs = inner.objects.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v.clone()).collect();
+        let objs = inner
+            .objects
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v.clone())
+            .collect();
         (objs, inner.revision)
     }
 
     /// Subscribes for events after `after`. With `initial`, the backlog starts with synthetic
     /// ADDED events for the current state (resourceVersion "0" or unset semantics).
-    pub fn subscribe(&self, after: Option<Revision>, initial_prefix: Option<&str>) -> Result<Subscription, ApiError> {
+    pub fn subscribe(
+        &self,
+        after: Option<Revision>,
+        initial_prefix: Option<&str>,
+    ) -> Result<Subscription, ApiError> {
         let inner = self.lock();
         let mut backlog = Vec::new();
         let revision = inner.revision;
         if let Some(prefix) = initial_prefix {
-            for (_, obj) in inner.objects.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)) {
-                let rev = crate::object::resource_version(obj).and_then(|r| r.parse().ok()).unwrap_or(0);
-                backlog.push(Arc::new(CacheEvent::new(rev, EventType::Added, obj.clone(), None)));
+            for (_, obj) in inner
+                .objects
+                .range(prefix.to_string()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+            {
+                let rev = crate::object::resource_version(obj)
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(0);
+                backlog.push(Arc::new(CacheEvent::new(
+                    rev,
+                    EventType::Added,
+                    obj.clone(),
+                    None,
+                )));
             }
         } else if let Some(after) = after
             && after < inner.revision
         {
             if after < inner.oldest {
-                return Err(ApiError::gone(format!("too old resource version: {after} ({})", inner.oldest + 1)));
+                return Err(ApiError::gone(format!(
+                    "too old resource version: {after} ({})",
+                    inner.oldest + 1
+                )));
             }
             backlog.extend(inner.history.iter().filter(|e| e.revision > after).cloned());
         }
-        Ok(Subscription { backlog, rx: self.tx.subscribe(), revision, epoch: self.epoch_tx.subscribe() })
+        Ok(Subscription {
+            backlog,
+            rx: self.tx.subscribe(),
+            revision,
+            epoch: self.epoch_tx.subscribe(),
+        })
     }
 }

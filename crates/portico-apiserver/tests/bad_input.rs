@@ -5,10 +5,18 @@ use portico_apiserver::testing::TestServer;
 use serde_json::Value;
 
 async fn send(ts: &TestServer, method: &str, path: &str, ct: &str, body: Vec<u8>) -> (u16, Value) {
-    let req = Request::builder().method(method).uri(path).header("content-type", ct).body(kube::client::Body::from(body)).unwrap();
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", ct)
+        .body(kube::client::Body::from(body))
+        .unwrap();
     let resp = ts.client.send(req).await.unwrap();
     let code = resp.status().as_u16();
-    let bytes = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
     (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
@@ -45,9 +53,22 @@ async fn bad_bodies_are_rejected_and_nothing_is_stored() {
         assert_status(code, &status, want, reason);
     }
     let strict = br#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"s"},"spec":{"foo":1,"ports":[{"port":80}]}}"#.to_vec();
-    let (code, status) = send(&ts, "POST", &format!("{SVCS}?fieldValidation=Strict"), "application/json", strict).await;
+    let (code, status) = send(
+        &ts,
+        "POST",
+        &format!("{SVCS}?fieldValidation=Strict"),
+        "application/json",
+        strict,
+    )
+    .await;
     assert_status(code, &status, 400, "BadRequest");
-    assert!(status["message"].as_str().unwrap().contains("unknown field \"spec.foo\""), "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field \"spec.foo\""),
+        "{status}"
+    );
     assert_eq!(count_services(&ts).await, 0);
 
     // Stale resourceVersion on update → 409, object unchanged.
@@ -57,19 +78,50 @@ async fn bad_bodies_are_rejected_and_nothing_is_stored() {
     let mut stale = created.clone();
     stale["metadata"]["resourceVersion"] = "1".into();
     stale["metadata"]["labels"] = serde_json::json!({"x": "y"});
-    let (code, status) = send(&ts, "PUT", &format!("{SVCS}/s"), "application/json", serde_json::to_vec(&stale).unwrap()).await;
+    let (code, status) = send(
+        &ts,
+        "PUT",
+        &format!("{SVCS}/s"),
+        "application/json",
+        serde_json::to_vec(&stale).unwrap(),
+    )
+    .await;
     assert_status(code, &status, 409, "Conflict");
     let (_, now) = send(&ts, "GET", &format!("{SVCS}/s"), "application/json", vec![]).await;
-    assert_eq!(now["metadata"]["resourceVersion"], created["metadata"]["resourceVersion"]);
+    assert_eq!(
+        now["metadata"]["resourceVersion"],
+        created["metadata"]["resourceVersion"]
+    );
 
     // Unknown field in a PATCH with Strict → 422.
-    let (code, status) = send(&ts, "PATCH", &format!("{SVCS}/s?fieldValidation=Strict"), "application/merge-patch+json", br#"{"spec":{"bogus":true}}"#.to_vec()).await;
+    let (code, status) = send(
+        &ts,
+        "PATCH",
+        &format!("{SVCS}/s?fieldValidation=Strict"),
+        "application/merge-patch+json",
+        br#"{"spec":{"bogus":true}}"#.to_vec(),
+    )
+    .await;
     assert_status(code, &status, 422, "Invalid");
     // Unknown patch type → 415.
-    let (code, status) = send(&ts, "PATCH", &format!("{SVCS}/s"), "application/x-nonsense", b"{}".to_vec()).await;
+    let (code, status) = send(
+        &ts,
+        "PATCH",
+        &format!("{SVCS}/s"),
+        "application/x-nonsense",
+        b"{}".to_vec(),
+    )
+    .await;
     assert_status(code, &status, 415, "UnsupportedMediaType");
     // Unsupported field selector → 400.
-    let (code, status) = send(&ts, "GET", &format!("{SVCS}?fieldSelector=spec.bogus%3Dx"), "application/json", vec![]).await;
+    let (code, status) = send(
+        &ts,
+        "GET",
+        &format!("{SVCS}?fieldSelector=spec.bogus%3Dx"),
+        "application/json",
+        vec![],
+    )
+    .await;
     assert_status(code, &status, 400, "BadRequest");
     // Unknown resource → 404 Status.
     let (code, status) = send(&ts, "GET", "/api/v1/bogus", "application/json", vec![]).await;
@@ -91,7 +143,10 @@ async fn random_bodies_never_panic() {
     let targets = [
         ("POST", "/api/v1/namespaces/default/services"),
         ("POST", "/api/v1/namespaces"),
-        ("POST", "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"),
+        (
+            "POST",
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+        ),
         ("POST", "/api/v1/namespaces/default/pods"),
         ("PUT", "/api/v1/namespaces/default/services/f"),
         ("PATCH", "/api/v1/namespaces/default/services/f"),
@@ -100,7 +155,15 @@ async fn random_bodies_never_panic() {
         ("POST", "/api/v1/nodes"),
         ("POST", "/api/v1/namespaces/default/events"),
     ];
-    let cts = ["application/json", "application/yaml", "application/vnd.kubernetes.protobuf", "application/merge-patch+json", "application/strategic-merge-patch+json", "application/json-patch+json", "application/apply-patch+yaml"];
+    let cts = [
+        "application/json",
+        "application/yaml",
+        "application/vnd.kubernetes.protobuf",
+        "application/merge-patch+json",
+        "application/strategic-merge-patch+json",
+        "application/json-patch+json",
+        "application/apply-patch+yaml",
+    ];
     for i in 0..300 {
         let mut body = seeds[i % seeds.len()].to_vec();
         for _ in 0..rng.random_range(0..6) {
@@ -118,7 +181,11 @@ async fn random_bodies_never_panic() {
         }
         let (m, p) = targets[i % targets.len()];
         let ct = cts[rng.random_range(0..cts.len())];
-        let path = if m == "PATCH" && ct == "application/apply-patch+yaml" { format!("{p}?fieldManager=fuzz") } else { p.to_string() };
+        let path = if m == "PATCH" && ct == "application/apply-patch+yaml" {
+            format!("{p}?fieldManager=fuzz")
+        } else {
+            p.to_string()
+        };
         let (code, status) = send(&ts, m, &path, ct, body).await;
         assert!(code < 500, "{m} {path} {ct}: {code} {status}");
         if code >= 400 {
