@@ -64,6 +64,11 @@ impl TestServer {
         std::fs::read_to_string(self.dir.path().join("pki/ca.crt")).unwrap_or_default()
     }
 
+    /// The store behind the server (for compaction and crash tests).
+    pub fn store(&self) -> Option<std::sync::Arc<dyn portico_store::Store>> {
+        self.running.as_ref().map(|r| r.store.clone())
+    }
+
     /// Stops the server and waits for it.
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
