@@ -880,45 +880,50 @@ impl Api {
         Err(ApiError::new(409, "Conflict", "the write lost too many races; try again").with_retry())
     }
 
+    /// Generic `ObjectMeta` validation (names, labels, annotations…) as upstream.
     fn validate_meta(&self, info: &ResourceInfo, obj: &Value, name: &str) -> Result<(), ApiError> {
-        use portico_core::field::FieldError;
-        let mut errs = Vec::new();
-        let label_only = matches!(info.plural, "namespaces" | "services");
-        let ok = if label_only {
-            object::is_dns1123_label(name)
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        use portico_core::validation::{name_kind_for, validate_object_meta};
+        let meta: ObjectMeta = serde_json::from_value(
+            obj.get("metadata").cloned().unwrap_or(Value::Null),
+        )
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {e}",
+                info.kind, info.version, info.kind
+            ))
+        })?;
+        let errs = validate_object_meta(&meta, info.namespaced, name_kind_for(info.plural));
+        if errs.is_empty() {
+            Ok(())
         } else {
-            object::is_dns1123_subdomain(name)
-        };
-        if info.plural == "ipaddresses" {
-            // IPAddress names are IP addresses.
-            if name.parse::<std::net::IpAddr>().is_err() {
-                errs.push(FieldError::invalid(
-                    "metadata.name",
-                    format!("{name:?}"),
-                    "must be a valid IP address",
-                ));
-            }
-        } else if info.plural == "nodes" || info.plural == "events" {
-            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-                errs.push(FieldError::invalid(
-                    "metadata.name",
-                    format!("{name:?}"),
-                    "a valid name is required",
-                ));
-            }
-        } else if !ok {
-            let detail = if label_only {
-                "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
-            } else {
-                "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
-            };
-            errs.push(FieldError::invalid(
-                "metadata.name",
-                format!("{name:?}"),
-                detail,
-            ));
+            Err(ApiError::invalid(info.resource(), name, &errs))
         }
-        let _ = obj;
+    }
+
+    /// Metadata rules on update (immutable name/namespace/uid, labels…).
+    fn validate_meta_update(
+        &self,
+        info: &ResourceInfo,
+        old: &Value,
+        new: &Value,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        use portico_core::validation::{
+            name_kind_for, validate_object_meta, validate_object_meta_update,
+        };
+        let decode = |v: &Value| -> Result<ObjectMeta, ApiError> {
+            serde_json::from_value(v.get("metadata").cloned().unwrap_or(Value::Null)).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "{} in version \"{}\" cannot be handled as a {}: {e}",
+                    info.kind, info.version, info.kind
+                ))
+            })
+        };
+        let (o, n) = (decode(old)?, decode(new)?);
+        let mut errs = validate_object_meta(&n, info.namespaced, name_kind_for(info.plural));
+        errs.extend(validate_object_meta_update(&n, &o));
         if errs.is_empty() {
             Ok(())
         } else {
@@ -1202,6 +1207,7 @@ impl Api {
                 name: name.to_string(),
                 subresource: sub.map(String::from),
             };
+            self.validate_meta_update(info, &old, &new, name)?;
             let prepared = hooks.prepare_update(&ctx, &old, &mut new).await?;
             glue::record_update(info.kind, Some(&old), &mut new, manager, sub, &now);
             meta_mut(&mut new).insert("resourceVersion".into(), json!(old_rv));
