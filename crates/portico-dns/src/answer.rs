@@ -315,7 +315,13 @@ pub fn answer_via_cname(
     chain(index, &mut w, q, candidate, Some(candidate.to_vec()))
 }
 
-fn chain(index: &Index, w: &mut Writer<'_, '_>, q: &Query, rel: &[u8], start: Option<Vec<u8>>) -> ZoneOutcome {
+fn chain(
+    index: &Index,
+    w: &mut Writer<'_, '_>,
+    q: &Query,
+    rel: &[u8],
+    start: Option<Vec<u8>>,
+) -> ZoneOutcome {
     let zone = index.zone();
     let mut chained: Option<Vec<u8>> = start;
     for _ in 0..MAX_CHAIN {
@@ -345,7 +351,13 @@ fn chain(index: &Index, w: &mut Writer<'_, '_>, q: &Query, rel: &[u8], start: Op
 
 /// Answers a reverse (PTR) question for a cluster address. Returns false when the index has no
 /// name for `ip`, so the caller can fall through to the upstream resolvers.
-pub fn answer_reverse(index: &Index, ttl: u32, q: &Query, ip: IpAddr, resp: &mut Response<'_>) -> bool {
+pub fn answer_reverse(
+    index: &Index,
+    ttl: u32,
+    q: &Query,
+    ip: IpAddr,
+    resp: &mut Response<'_>,
+) -> bool {
     let mut targets = index.ptr(ip).peekable();
     if targets.peek().is_none() {
         return false;

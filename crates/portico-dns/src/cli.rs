@@ -10,9 +10,9 @@ use anyhow::Context as _;
 use ipnet::IpNet;
 use tokio_util::sync::CancellationToken;
 
+use crate::Options;
 use crate::engine::Autopath;
 use crate::index::PodMode;
-use crate::Options;
 
 /// Flags of `portico dns`.
 #[derive(clap::Args, Debug, Clone)]
@@ -35,7 +35,11 @@ pub struct Args {
     pub upstream: Vec<String>,
     /// Clients allowed recursion (forwarding), as CIDRs. Others get REFUSED for names outside
     /// the cluster zone. Default: loopback and the private ranges pods and nodes live in.
-    #[arg(long, value_delimiter = ',', default_value = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7"
+    )]
     pub allow_recursion_from: Vec<IpNet>,
     /// Pod records `a-b-c-d.<ns>.pod.<zone>`: disabled, insecure (any IP) or verified (only IPs
     /// of existing pods in that namespace; watches Pods).
@@ -57,7 +61,9 @@ impl Args {
     /// Translates the flags into server options.
     pub fn options(&self) -> anyhow::Result<Options> {
         let upstream = if self.upstream.is_empty() {
-            resolv_conf_nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+            resolv_conf_nameservers(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            )
         } else if self.upstream.iter().any(|u| u == "none") {
             Vec::new()
         } else {
@@ -82,7 +88,9 @@ impl Args {
 
 /// One UDP worker per CPU.
 pub fn default_workers() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Parses `IP` or `IP:PORT` (port 53 by default).
@@ -117,11 +125,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-                .await
-                .context("loading kubeconfig")?
+            kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .context("loading kubeconfig")?
         }
-        None => kube::Config::infer().await.context("finding a kubeconfig")?,
+        None => kube::Config::infer()
+            .await
+            .context("finding a kubeconfig")?,
     };
     let client = kube::Client::try_from(config).context("building the API client")?;
     let shutdown = CancellationToken::new();
@@ -135,7 +148,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let signal = shutdown.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
@@ -155,7 +169,10 @@ mod tests {
         let text = "# x\nnameserver 10.255.255.53\nnameserver fe80::1%eth0\nsearch a b\nnameserver bogus\n";
         assert_eq!(
             resolv_conf_nameservers(text),
-            vec!["10.255.255.53:53".parse().unwrap(), "[fe80::1]:53".parse().unwrap()]
+            vec![
+                "10.255.255.53:53".parse().unwrap(),
+                "[fe80::1]:53".parse().unwrap()
+            ]
         );
         assert_eq!(parse_upstream("127.0.0.1:5353").unwrap().port(), 5353);
         assert_eq!(parse_upstream("::1").unwrap().port(), 53);

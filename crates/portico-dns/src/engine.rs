@@ -74,7 +74,11 @@ enum DeferredKind {
     /// Forward the question as it is.
     Relay,
     /// `partial` holds the response so far (CNAMEs into `target`), whose records follow.
-    Chase { partial: Vec<u8>, answers: u16, target: Arc<[u8]> },
+    Chase {
+        partial: Vec<u8>,
+        answers: u16,
+        target: Arc<[u8]>,
+    },
     /// Search expansion reached the bare name: resolve `bare` upstream; on a positive answer
     /// reply CNAME(question → bare) plus its records, otherwise send `negative`.
     AutopathBare { bare: Vec<u8>, negative: Vec<u8> },
@@ -91,8 +95,16 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(index: Arc<RwLock<Index>>, config: EngineConfig, forwarder: Forwarder, workers: usize) -> Engine {
-        let zone = index.read().map(|i| i.zone().clone()).unwrap_or_else(|p| p.into_inner().zone().clone());
+    pub fn new(
+        index: Arc<RwLock<Index>>,
+        config: EngineConfig,
+        forwarder: Forwarder,
+        workers: usize,
+    ) -> Engine {
+        let zone = index
+            .read()
+            .map(|i| i.zone().clone())
+            .unwrap_or_else(|p| p.into_inner().zone().clone());
         Engine {
             index,
             zone,
@@ -126,11 +138,23 @@ impl Engine {
 
     fn recursion_allowed(&self, client: IpAddr) -> bool {
         let client = canonical(client);
-        self.forwarder.is_enabled() && self.config.recursion_from.iter().any(|net| net.contains(&client))
+        self.forwarder.is_enabled()
+            && self
+                .config
+                .recursion_from
+                .iter()
+                .any(|net| net.contains(&client))
     }
 
     /// Handles one query packet synchronously, counting it in `slot`.
-    pub fn handle(&self, packet: &[u8], client: IpAddr, transport: Transport, out: &mut Vec<u8>, slot: &Slot) -> Action {
+    pub fn handle(
+        &self,
+        packet: &[u8],
+        client: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+        slot: &Slot,
+    ) -> Action {
         let started = std::time::Instant::now();
         let q = match wire::parse_query(packet) {
             Ok(q) => q,
@@ -141,7 +165,11 @@ impl Engine {
                 slot.record(0, rcode, elapsed(started));
                 return Action::Reply(len);
             }
-            Err(ParseError::BadVersion { id, flags, question_end }) => {
+            Err(ParseError::BadVersion {
+                id,
+                flags,
+                question_end,
+            }) => {
                 // BADVERS carries the question back and an OPT with extended rcode 1.
                 let fake = Query {
                     id,
@@ -151,7 +179,11 @@ impl Engine {
                     qtype: 0,
                     qclass: 0,
                     question_end,
-                    edns: Some(wire::Edns { udp_size: 512, version: 0, dnssec_ok: false }),
+                    edns: Some(wire::Edns {
+                        udp_size: 512,
+                        version: 0,
+                        dnssec_ok: false,
+                    }),
                 };
                 let resp = Response::start(out, packet, &fake, false);
                 let len = resp.finish(Some(&fake), usize::MAX, wire::RCODE_BADVERS);
@@ -164,19 +196,27 @@ impl Engine {
             Transport::Tcp => 65535,
         };
         let action = self.dispatch(packet, &q, client, max_len, out, slot);
-        if let Action::Reply(len) = action {
-            if len >= 4 {
-                let rcode = out[3] & 0x0f;
-                if out[2] & 0x02 != 0 {
-                    slot.truncated();
-                }
-                slot.record(q.qtype, rcode, elapsed(started));
+        if let Action::Reply(len) = action
+            && len >= 4
+        {
+            let rcode = out[3] & 0x0f;
+            if out[2] & 0x02 != 0 {
+                slot.truncated();
             }
+            slot.record(q.qtype, rcode, elapsed(started));
         }
         action
     }
 
-    fn dispatch(&self, packet: &[u8], q: &Query, client: IpAddr, max_len: usize, out: &mut Vec<u8>, slot: &Slot) -> Action {
+    fn dispatch(
+        &self,
+        packet: &[u8],
+        q: &Query,
+        client: IpAddr,
+        max_len: usize,
+        out: &mut Vec<u8>,
+        slot: &Slot,
+    ) -> Action {
         let recursion = self.recursion_allowed(client);
         if q.qclass != wire::CLASS_IN {
             return self.simple(packet, q, out, wire::RCODE_REFUSED, recursion);
@@ -220,7 +260,14 @@ impl Engine {
         }))
     }
 
-    fn simple(&self, packet: &[u8], q: &Query, out: &mut Vec<u8>, rcode: u8, recursion: bool) -> Action {
+    fn simple(
+        &self,
+        packet: &[u8],
+        q: &Query,
+        out: &mut Vec<u8>,
+        rcode: u8,
+        recursion: bool,
+    ) -> Action {
         let mut resp = Response::start(out, packet, q, false);
         resp.set_rcode(rcode);
         resp.set_recursion_available(recursion);
@@ -253,7 +300,11 @@ impl Engine {
                     packet: packet.to_vec(),
                     query: q.clone(),
                     max_len,
-                    kind: DeferredKind::Chase { partial: out.clone(), answers, target },
+                    kind: DeferredKind::Chase {
+                        partial: out.clone(),
+                        answers,
+                        target,
+                    },
                 }));
             }
             return Action::Reply(resp.finish(Some(q), max_len, 0));
@@ -266,7 +317,9 @@ impl Engine {
         let Some((base, ns)) = split_search(rel) else {
             return Action::Reply(negative_len);
         };
-        if self.config.autopath == Autopath::PodIp && index.pod_namespace(canonical(client)).map(str::as_bytes) != Some(ns) {
+        if self.config.autopath == Autopath::PodIp
+            && index.pod_namespace(canonical(client)).map(str::as_bytes) != Some(ns)
+        {
             return Action::Reply(negative_len);
         }
         let negative = out[..negative_len].to_vec();
@@ -307,7 +360,8 @@ impl Engine {
         slot.autopath();
         let mut resp = Response::start(out, packet, q, true);
         resp.set_recursion_available(recursion);
-        let outcome = answer::answer_via_cname(&index, self.config.ttl, q, &candidate, &mut resp, max_len);
+        let outcome =
+            answer::answer_via_cname(&index, self.config.ttl, q, &candidate, &mut resp, max_len);
         if let ZoneOutcome::External(target) = outcome
             && recursion
         {
@@ -317,7 +371,11 @@ impl Engine {
                 packet: packet.to_vec(),
                 query: q.clone(),
                 max_len,
-                kind: DeferredKind::Chase { partial: out.clone(), answers, target },
+                kind: DeferredKind::Chase {
+                    partial: out.clone(),
+                    answers,
+                    target,
+                },
             }));
         }
         Action::Reply(resp.finish(Some(q), max_len, 0))
@@ -327,7 +385,12 @@ impl Engine {
     pub async fn complete(&self, work: Box<Deferred>) -> Vec<u8> {
         let started = std::time::Instant::now();
         let slot = self.stats.shared();
-        let Deferred { packet, query: q, max_len, kind } = *work;
+        let Deferred {
+            packet,
+            query: q,
+            max_len,
+            kind,
+        } = *work;
         let dnssec_ok = q.edns.is_some_and(|e| e.dnssec_ok);
         let mut out = Vec::with_capacity(512);
         match kind {
@@ -343,7 +406,11 @@ impl Engine {
                     }
                 }
             }
-            DeferredKind::Chase { partial, answers, target } => {
+            DeferredKind::Chase {
+                partial,
+                answers,
+                target,
+            } => {
                 slot.forwarded();
                 let lower: Vec<u8> = target.iter().map(u8::to_ascii_lowercase).collect();
                 out = partial;
@@ -352,7 +419,9 @@ impl Engine {
                 match self.forwarder.resolve(&lower, q.qtype, dnssec_ok).await {
                     Ok(upstream) => {
                         rcode = upstream.rcode();
-                        if let Some((records, count)) = forward::expanded_answers(upstream.message()) {
+                        if let Some((records, count)) =
+                            forward::expanded_answers(upstream.message())
+                        {
                             out.extend_from_slice(&records);
                             answers += count;
                         }
@@ -369,7 +438,8 @@ impl Engine {
                 slot.forwarded();
                 let positive = match self.forwarder.resolve(&bare, q.qtype, dnssec_ok).await {
                     Ok(upstream) if upstream.rcode() == wire::RCODE_NOERROR => {
-                        forward::expanded_answers(upstream.message()).filter(|(_, count)| *count > 0)
+                        forward::expanded_answers(upstream.message())
+                            .filter(|(_, count)| *count > 0)
                     }
                     _ => None,
                 };

@@ -152,7 +152,12 @@ impl Forwarder {
     }
 
     /// Resolves a lowercase absolute wire name upstream (cache first).
-    pub async fn resolve(&self, name: &[u8], qtype: u16, dnssec_ok: bool) -> anyhow::Result<Arc<Cached>> {
+    pub async fn resolve(
+        &self,
+        name: &[u8],
+        qtype: u16,
+        dnssec_ok: bool,
+    ) -> anyhow::Result<Arc<Cached>> {
         if let Some(hit) = self.cached(name, qtype, dnssec_ok) {
             return Ok(hit);
         }
@@ -202,7 +207,12 @@ impl Forwarder {
 }
 
 /// One exchange with one upstream: UDP, then TCP if truncated.
-async fn exchange(upstream: SocketAddr, name: &[u8], qtype: u16, dnssec_ok: bool) -> anyhow::Result<Vec<u8>> {
+async fn exchange(
+    upstream: SocketAddr,
+    name: &[u8],
+    qtype: u16,
+    dnssec_ok: bool,
+) -> anyhow::Result<Vec<u8>> {
     let id: u16 = rand::random();
     let edns = Edns {
         udp_size: wire::OUR_UDP_SIZE,
@@ -234,7 +244,13 @@ async fn exchange(upstream: SocketAddr, name: &[u8], qtype: u16, dnssec_ok: bool
     }
 }
 
-async fn exchange_tcp(upstream: SocketAddr, query: &[u8], id: u16, name: &[u8], qtype: u16) -> anyhow::Result<Vec<u8>> {
+async fn exchange_tcp(
+    upstream: SocketAddr,
+    query: &[u8],
+    id: u16,
+    name: &[u8],
+    qtype: u16,
+) -> anyhow::Result<Vec<u8>> {
     let work = async {
         let mut stream = TcpStream::connect(upstream).await?;
         let mut framed = Vec::with_capacity(query.len() + 2);
@@ -244,7 +260,10 @@ async fn exchange_tcp(upstream: SocketAddr, query: &[u8], id: u16, name: &[u8], 
         let len = stream.read_u16().await?;
         let mut reply = vec![0u8; usize::from(len)];
         stream.read_exact(&mut reply).await?;
-        anyhow::ensure!(matches_query(&reply, id, name, qtype), "mismatched TCP answer");
+        anyhow::ensure!(
+            matches_query(&reply, id, name, qtype),
+            "mismatched TCP answer"
+        );
         Ok(reply)
     };
     tokio::time::timeout(UPSTREAM_TIMEOUT, work)
@@ -262,7 +281,9 @@ fn matches_query(reply: &[u8], id: u16, name: &[u8], qtype: u16) -> bool {
     }
     let end = wire::HEADER + name.len();
     match reply.get(wire::HEADER..end + 2) {
-        Some(q) => q[..name.len()].eq_ignore_ascii_case(name) && q[name.len()..] == qtype.to_be_bytes(),
+        Some(q) => {
+            q[..name.len()].eq_ignore_ascii_case(name) && q[name.len()..] == qtype.to_be_bytes()
+        }
         None => false,
     }
 }

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use crate::name::{self, Zone};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+/// A PTR target (relative key) tagged with the Service that contributed it.
+type PtrTarget = (u32, Arc<[u8]>);
 
 /// How `a-b-c-d.<ns>.pod.<zone>` names are answered (CoreDNS's `pods` option).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -92,7 +94,10 @@ pub enum Rdata {
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
     /// Target is a relative key inside the zone.
-    Srv { port: u16, target: Arc<[u8]> },
+    Srv {
+        port: u16,
+        target: Arc<[u8]>,
+    },
     /// Target is an absolute wire name with its original case.
     Cname(Arc<[u8]>),
     /// An empty non-terminal (for example `_tcp.<svc>.<ns>.svc`): the name exists, no data.
@@ -174,7 +179,7 @@ pub struct Index {
     /// (namespace, slice name) → service name, so a slice that changes Service is moved.
     slice_owner: HashMap<(String, String), String>,
     names: FastMap<Box<[u8]>, NameEntry>,
-    reverse: FastMap<IpAddr, Vec<(u32, Arc<[u8]>)>>,
+    reverse: FastMap<IpAddr, Vec<PtrTarget>>,
     /// Number of Services per namespace label (makes `<ns>.svc.<zone>` exist).
     namespaces: FastMap<Box<[u8]>, u32>,
     pods: HashMap<(String, String), PodRecord>,
@@ -515,7 +520,10 @@ impl std::hash::Hash for Rdata {
 }
 
 fn ns_key(namespace: &str) -> Box<[u8]> {
-    namespace.to_ascii_lowercase().into_bytes().into_boxed_slice()
+    namespace
+        .to_ascii_lowercase()
+        .into_bytes()
+        .into_boxed_slice()
 }
 
 fn address_record(ip: IpAddr) -> Rdata {

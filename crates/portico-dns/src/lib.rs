@@ -104,10 +104,15 @@ impl Handle {
 
 /// Starts the DNS server fed by watches through `client`. Answers are SERVFAIL for the cluster
 /// zone until every watch has listed once.
-pub async fn start(client: kube::Client, opts: Options, shutdown: CancellationToken) -> anyhow::Result<Handle> {
+pub async fn start(
+    client: kube::Client,
+    opts: Options,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Handle> {
     let watch_pods = opts.pod_mode == PodMode::Verified || opts.autopath == Autopath::PodIp;
     let handle = start_unsynced(opts, shutdown.clone()).await?;
-    let mut synced = watch::spawn_watches(client, handle.index().clone(), watch_pods, shutdown.clone());
+    let mut synced =
+        watch::spawn_watches(client, handle.index().clone(), watch_pods, shutdown.clone());
     let engine = handle.engine().clone();
     tokio::spawn(async move {
         if synced.wait_for(|s| *s).await.is_ok() {
@@ -128,7 +133,12 @@ pub async fn start_unsynced(opts: Options, shutdown: CancellationToken) -> anyho
     let (udp_sockets, tcp) = server::bind(opts.listen, workers)?;
     let udp_addr = udp_sockets[0].local_addr()?;
     let tcp_addr = tcp.local_addr()?;
-    let upstream: Vec<SocketAddr> = opts.upstream.iter().copied().filter(|u| *u != udp_addr).collect();
+    let upstream: Vec<SocketAddr> = opts
+        .upstream
+        .iter()
+        .copied()
+        .filter(|u| *u != udp_addr)
+        .collect();
     let engine = Arc::new(Engine::new(
         index,
         engine::EngineConfig {
@@ -150,20 +160,30 @@ pub async fn start_unsynced(opts: Options, shutdown: CancellationToken) -> anyho
         threads.push(
             std::thread::Builder::new()
                 .name(format!("dns-udp-{worker}"))
-                .spawn(move || server::udp_worker(worker, socket, engine, runtime, deferred, shutdown))
+                .spawn(move || {
+                    server::udp_worker(worker, socket, engine, runtime, deferred, shutdown)
+                })
                 .context("starting a UDP worker")?,
         );
     }
     let mut tasks = Vec::new();
     let tcp = tokio::net::TcpListener::from_std(tcp)?;
-    tasks.push(tokio::spawn(server::tcp_server(tcp, engine.clone(), shutdown.clone())));
+    tasks.push(tokio::spawn(server::tcp_server(
+        tcp,
+        engine.clone(),
+        shutdown.clone(),
+    )));
     let metrics_addr = match opts.metrics_bind_address {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding the metrics address {addr}"))?;
             let bound = listener.local_addr()?;
-            tasks.push(tokio::spawn(server::http_server(listener, engine.clone(), shutdown.clone())));
+            tasks.push(tokio::spawn(server::http_server(
+                listener,
+                engine.clone(),
+                shutdown.clone(),
+            )));
             Some(bound)
         }
         None => None,

@@ -69,7 +69,8 @@ pub fn key(labels: &[&str]) -> Option<Box<[u8]>> {
 
 /// Prepends labels to an existing relative key.
 pub fn prefixed(prefix: &[&str], base: &[u8]) -> Option<Box<[u8]>> {
-    let mut out = Vec::with_capacity(base.len() + prefix.iter().map(|l| l.len() + 1).sum::<usize>());
+    let mut out =
+        Vec::with_capacity(base.len() + prefix.iter().map(|l| l.len() + 1).sum::<usize>());
     for label in prefix {
         push_label(&mut out, label.as_bytes())?;
     }

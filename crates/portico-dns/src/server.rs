@@ -52,7 +52,10 @@ fn tcp_listener(addr: SocketAddr) -> anyhow::Result<StdTcpListener> {
 }
 
 /// Binds `workers` UDP sockets and one TCP listener on the same address and port.
-pub fn bind(listen: SocketAddr, workers: usize) -> anyhow::Result<(Vec<StdUdpSocket>, StdTcpListener)> {
+pub fn bind(
+    listen: SocketAddr,
+    workers: usize,
+) -> anyhow::Result<(Vec<StdUdpSocket>, StdTcpListener)> {
     let mut last_error = None;
     // With port 0 the UDP port chosen may be taken for TCP; try a few times.
     for _ in 0..16 {
@@ -62,7 +65,8 @@ pub fn bind(listen: SocketAddr, workers: usize) -> anyhow::Result<(Vec<StdUdpSoc
             Ok(tcp) => {
                 let mut sockets = vec![first];
                 for _ in 1..workers.max(1) {
-                    sockets.push(udp_socket(bound).with_context(|| format!("binding UDP {bound}"))?);
+                    sockets
+                        .push(udp_socket(bound).with_context(|| format!("binding UDP {bound}"))?);
                 }
                 return Ok((sockets, tcp));
             }
@@ -93,7 +97,16 @@ pub fn udp_worker(
     while !shutdown.is_cancelled() {
         let (len, peer) = match socket.recv_from(&mut packet) {
             Ok(v) => v,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "UDP receive failed");
                 continue;
@@ -125,7 +138,11 @@ pub fn udp_worker(
 }
 
 /// Accepts TCP connections until `shutdown`.
-pub async fn tcp_server(listener: tokio::net::TcpListener, engine: Arc<Engine>, shutdown: CancellationToken) {
+pub async fn tcp_server(
+    listener: tokio::net::TcpListener,
+    engine: Arc<Engine>,
+    shutdown: CancellationToken,
+) {
     let limit = Arc::new(Semaphore::new(TCP_MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
@@ -165,10 +182,19 @@ async fn tcp_connection(mut stream: TcpStream, peer: SocketAddr, engine: Arc<Eng
             return;
         };
         let len = usize::from(len);
-        if tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut packet[..len])).await.is_err() {
+        if tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut packet[..len]))
+            .await
+            .is_err()
+        {
             return;
         }
-        let reply: Vec<u8> = match engine.handle(&packet[..len], peer.ip(), Transport::Tcp, &mut out, engine.stats().shared()) {
+        let reply: Vec<u8> = match engine.handle(
+            &packet[..len],
+            peer.ip(),
+            Transport::Tcp,
+            &mut out,
+            engine.stats().shared(),
+        ) {
             Action::Reply(n) => out[..n].to_vec(),
             Action::Deferred(work) => engine.complete(work).await,
             Action::Drop => continue,
@@ -186,7 +212,11 @@ async fn tcp_connection(mut stream: TcpStream, peer: SocketAddr, engine: Arc<Eng
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown`.
-pub async fn http_server(listener: tokio::net::TcpListener, engine: Arc<Engine>, shutdown: CancellationToken) {
+pub async fn http_server(
+    listener: tokio::net::TcpListener,
+    engine: Arc<Engine>,
+    shutdown: CancellationToken,
+) {
     use axum::http::{StatusCode, header};
     use axum::routing::get;
     let metrics_engine = engine.clone();
@@ -203,10 +233,22 @@ pub async fn http_server(listener: tokio::net::TcpListener, engine: Arc<Engine>,
                         .map(|i| (i.name_count() as f64, i.pod_keys().len() as f64))
                         .unwrap_or((0.0, 0.0));
                     let body = engine.stats().render(&[
-                        ("portico_dns_index_names", "Names with records in the index.", names),
+                        (
+                            "portico_dns_index_names",
+                            "Names with records in the index.",
+                            names,
+                        ),
                         ("portico_dns_index_pods", "Pods known to the index.", pods),
-                        ("portico_dns_cache_entries", "Upstream answers in the cache.", engine.forwarder().cache_len() as f64),
-                        ("portico_dns_synced", "1 once the first list of every watch is done.", if engine.is_synced() { 1.0 } else { 0.0 }),
+                        (
+                            "portico_dns_cache_entries",
+                            "Upstream answers in the cache.",
+                            engine.forwarder().cache_len() as f64,
+                        ),
+                        (
+                            "portico_dns_synced",
+                            "1 once the first list of every watch is done.",
+                            if engine.is_synced() { 1.0 } else { 0.0 },
+                        ),
                     ]);
                     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
                 }
@@ -221,7 +263,10 @@ pub async fn http_server(listener: tokio::net::TcpListener, engine: Arc<Engine>,
                     if engine.is_synced() {
                         (StatusCode::OK, "ok")
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "waiting for the first sync of the watches")
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "waiting for the first sync of the watches",
+                        )
                     }
                 }
             }),

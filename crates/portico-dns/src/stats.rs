@@ -113,9 +113,7 @@ impl Stats {
 
     /// Total answered queries.
     pub fn total(&self) -> u64 {
-        (0..RCODES.len())
-            .map(|i| self.sum(|s| &s.rcodes[i]))
-            .sum()
+        (0..RCODES.len()).map(|i| self.sum(|s| &s.rcodes[i])).sum()
     }
 
     /// Renders the Prometheus text exposition.
@@ -166,16 +164,42 @@ impl Stats {
             self.sum(|s| &s.latency_ns) as f64 / 1e9
         );
         for (name, help, value) in [
-            ("portico_dns_cache_hits_total", "Forwarded queries answered from the cache.", self.sum(|s| &s.cache_hits)),
-            ("portico_dns_cache_misses_total", "Forwarded queries not in the cache.", self.sum(|s| &s.cache_misses)),
-            ("portico_dns_forward_requests_total", "Queries sent to upstream resolvers.", self.sum(|s| &s.forwarded)),
-            ("portico_dns_autopath_total", "Queries answered by server-side search-path expansion.", self.sum(|s| &s.autopath)),
-            ("portico_dns_truncated_total", "UDP answers truncated (TC bit set).", self.sum(|s| &s.truncated)),
+            (
+                "portico_dns_cache_hits_total",
+                "Forwarded queries answered from the cache.",
+                self.sum(|s| &s.cache_hits),
+            ),
+            (
+                "portico_dns_cache_misses_total",
+                "Forwarded queries not in the cache.",
+                self.sum(|s| &s.cache_misses),
+            ),
+            (
+                "portico_dns_forward_requests_total",
+                "Queries sent to upstream resolvers.",
+                self.sum(|s| &s.forwarded),
+            ),
+            (
+                "portico_dns_autopath_total",
+                "Queries answered by server-side search-path expansion.",
+                self.sum(|s| &s.autopath),
+            ),
+            (
+                "portico_dns_truncated_total",
+                "UDP answers truncated (TC bit set).",
+                self.sum(|s| &s.truncated),
+            ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
         }
         for (name, help, value) in extra {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         }
         out
     }

@@ -13,17 +13,23 @@ use std::sync::{Arc, RwLock};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::index::{EndpointRecord, Index, PodRecord, PortRecord, ServiceKind, ServiceRecord, SliceRecord};
+use crate::index::{
+    EndpointRecord, Index, PodRecord, PortRecord, ServiceKind, ServiceRecord, SliceRecord,
+};
 
 /// Converts a Service; `None` when it has no name.
 pub fn service_record(svc: &Service) -> Option<ServiceRecord> {
-    let namespace = svc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let namespace = svc
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let name = svc.metadata.name.clone()?;
     let spec = svc.spec.as_ref();
     let kind = match spec {
@@ -68,7 +74,10 @@ pub fn service_record(svc: &Service) -> Option<ServiceRecord> {
         .as_ref()
         .and_then(|a| a.get("service.alpha.kubernetes.io/tolerate-unready-endpoints"))
         .is_some_and(|v| v == "true");
-    let publish_not_ready = tolerate || spec.and_then(|s| s.publish_not_ready_addresses).unwrap_or(false);
+    let publish_not_ready = tolerate
+        || spec
+            .and_then(|s| s.publish_not_ready_addresses)
+            .unwrap_or(false);
     Some(ServiceRecord {
         namespace,
         name,
@@ -83,7 +92,11 @@ pub fn slice_record(slice: &EndpointSlice) -> Option<SliceRecord> {
     if slice.address_type == "FQDN" {
         return None;
     }
-    let namespace = slice.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let namespace = slice
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let name = slice.metadata.name.clone()?;
     let service = slice.labels().get("kubernetes.io/service-name")?.clone();
     let ports = slice
@@ -118,10 +131,17 @@ pub fn slice_record(slice: &EndpointSlice) -> Option<SliceRecord> {
 
 /// Converts a Pod; `None` for finished pods (their IPs may already belong to someone else).
 pub fn pod_record(pod: &Pod) -> Option<PodRecord> {
-    let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let name = pod.metadata.name.clone()?;
     let status = pod.status.as_ref();
-    if matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")) {
+    if matches!(
+        status.and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    ) {
         return None;
     }
     let mut ips: Vec<IpAddr> = status
@@ -131,7 +151,9 @@ pub fn pod_record(pod: &Pod) -> Option<PodRecord> {
         .filter_map(|p| p.ip.parse().ok())
         .collect();
     if ips.is_empty()
-        && let Some(ip) = status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok())
+        && let Some(ip) = status
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse().ok())
     {
         ips.push(ip);
     }
@@ -139,7 +161,11 @@ pub fn pod_record(pod: &Pod) -> Option<PodRecord> {
         namespace,
         name,
         ips,
-        host_network: pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false),
+        host_network: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false),
     })
 }
 
@@ -198,7 +224,15 @@ pub fn spawn_watches(
     rx
 }
 
-trait Indexed: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static {
+trait Indexed:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
     fn apply(index: &mut Index, obj: &Self);
     fn delete(index: &mut Index, namespace: &str, name: &str);
     fn keys(index: &Index) -> Vec<(String, String)>;
@@ -250,10 +284,18 @@ impl Indexed for Pod {
 }
 
 fn key_of<K: kube::Resource>(obj: &K) -> (String, String) {
-    (obj.meta().namespace.clone().unwrap_or_default(), obj.meta().name.clone().unwrap_or_default())
+    (
+        obj.meta().namespace.clone().unwrap_or_default(),
+        obj.meta().name.clone().unwrap_or_default(),
+    )
 }
 
-async fn run<K: Indexed>(client: Client, index: Arc<RwLock<Index>>, done: tokio::sync::mpsc::Sender<()>, kind: Kind) {
+async fn run<K: Indexed>(
+    client: Client,
+    index: Arc<RwLock<Index>>,
+    done: tokio::sync::mpsc::Sender<()>,
+    kind: Kind,
+) {
     let api: Api<K> = Api::all(client);
     let mut stream = watcher(api).default_backoff().boxed();
     let mut seen: HashSet<(String, String)> = HashSet::new();
@@ -264,7 +306,9 @@ async fn run<K: Indexed>(client: Client, index: Arc<RwLock<Index>>, done: tokio:
             Err(e) => {
                 // A cluster that does not serve Pods must not keep DNS unsynced forever.
                 if matches!(kind, Kind::Pods) && !first_done && is_not_found(&e) {
-                    tracing::warn!("the API server does not serve Pods; pod records cannot be verified");
+                    tracing::warn!(
+                        "the API server does not serve Pods; pod records cannot be verified"
+                    );
                     first_done = true;
                     let _ = done.send(()).await;
                 }
@@ -287,7 +331,11 @@ async fn run<K: Indexed>(client: Client, index: Arc<RwLock<Index>>, done: tokio:
 }
 
 /// Applies one event; returns true when it completed a (re)list.
-fn apply_event<K: Indexed>(index: &mut Index, event: Event<K>, seen: &mut HashSet<(String, String)>) -> bool {
+fn apply_event<K: Indexed>(
+    index: &mut Index,
+    event: Event<K>,
+    seen: &mut HashSet<(String, String)>,
+) -> bool {
     match event {
         Event::Init => seen.clear(),
         Event::InitApply(obj) => {
@@ -312,15 +360,16 @@ fn apply_event<K: Indexed>(index: &mut Index, event: Event<K>, seen: &mut HashSe
     false
 }
 
-fn watcher<K: Indexed>(api: Api<K>) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>> {
+fn watcher<K: Indexed>(
+    api: Api<K>,
+) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>> {
     watcher::watcher(api, watcher::Config::default())
 }
 
 fn is_not_found(e: &watcher::Error) -> bool {
     match e {
-        watcher::Error::InitialListFailed(kube::Error::Api(status)) | watcher::Error::WatchStartFailed(kube::Error::Api(status)) => {
-            status.code == 404
-        }
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status)) => status.code == 404,
         _ => false,
     }
 }
@@ -340,7 +389,10 @@ mod tests {
         let rec = service_record(&svc).unwrap();
         assert_eq!(
             rec.kind,
-            ServiceKind::ClusterIp(vec!["10.96.0.5".parse().unwrap(), "fd00::5".parse().unwrap()])
+            ServiceKind::ClusterIp(vec![
+                "10.96.0.5".parse().unwrap(),
+                "fd00::5".parse().unwrap()
+            ])
         );
         assert_eq!(rec.ports[0].protocol, "tcp");
         assert_eq!(rec.ports[1].name, "");
@@ -358,7 +410,10 @@ mod tests {
             "spec": {"type": "ExternalName", "externalName": "example.com"}
         }))
         .unwrap();
-        assert_eq!(service_record(&ext).unwrap().kind, ServiceKind::ExternalName("example.com".into()));
+        assert_eq!(
+            service_record(&ext).unwrap().kind,
+            ServiceKind::ExternalName("example.com".into())
+        );
     }
 
     #[test]
@@ -376,7 +431,10 @@ mod tests {
         .unwrap();
         let rec = slice_record(&slice).unwrap();
         assert_eq!(rec.service, "db");
-        assert_eq!(rec.endpoints.iter().map(|e| e.ready).collect::<Vec<_>>(), vec![true, false, true]);
+        assert_eq!(
+            rec.endpoints.iter().map(|e| e.ready).collect::<Vec<_>>(),
+            vec![true, false, true]
+        );
         assert_eq!(rec.ports[0].port, 5432);
         let fqdn: EndpointSlice = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "x", "namespace": "prod", "labels": {"kubernetes.io/service-name": "db"}},

@@ -103,7 +103,11 @@ pub enum ParseError {
     /// Answer with this rcode and no question (FORMERR, NOTIMP).
     Reject { id: u16, flags: u16, rcode: u8 },
     /// EDNS version we do not speak: BADVERS with an OPT record.
-    BadVersion { id: u16, flags: u16, question_end: usize },
+    BadVersion {
+        id: u16,
+        flags: u16,
+        question_end: usize,
+    },
 }
 
 fn be16(p: &[u8], at: usize) -> Option<u16> {
@@ -275,8 +279,7 @@ impl<'a> Response<'a> {
     /// Starts an answer that carries no question (FORMERR/NOTIMP for unparsable queries).
     pub fn bare(buf: &'a mut Vec<u8>, id: u16, query_flags: u16, rcode: u8) -> Self {
         buf.clear();
-        let flags =
-            FLAG_QR | (query_flags & (0x7800 | FLAG_RD | FLAG_CD)) | u16::from(rcode & 0xf);
+        let flags = FLAG_QR | (query_flags & (0x7800 | FLAG_RD | FLAG_CD)) | u16::from(rcode & 0xf);
         buf.extend_from_slice(&id.to_be_bytes());
         buf.extend_from_slice(&flags.to_be_bytes());
         buf.extend_from_slice(&[0; 8]);

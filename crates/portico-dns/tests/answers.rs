@@ -13,7 +13,11 @@ use portico_dns::wire::{self, Edns};
 fn engine(index: Index, autopath: Autopath) -> Engine {
     let engine = Engine::new(
         Arc::new(RwLock::new(index)),
-        EngineConfig { ttl: 5, recursion_from: vec!["127.0.0.0/8".parse().unwrap()], autopath },
+        EngineConfig {
+            ttl: 5,
+            recursion_from: vec!["127.0.0.0/8".parse().unwrap()],
+            autopath,
+        },
         Forwarder::new(vec![]),
         1,
     );
@@ -22,10 +26,20 @@ fn engine(index: Index, autopath: Autopath) -> Engine {
 }
 
 fn ask(engine: &Engine, name: &str, qtype: &str) -> String {
-    let edns = Edns { udp_size: 1232, version: 0, dnssec_ok: false };
+    let edns = Edns {
+        udp_size: 1232,
+        version: 0,
+        dnssec_ok: false,
+    };
     let packet = wire::build_query(1, &wire_name(name), type_code(qtype), true, Some(edns));
     let mut out = Vec::new();
-    match engine.handle(&packet, ip("127.0.0.1"), Transport::Udp, &mut out, engine.stats().shared()) {
+    match engine.handle(
+        &packet,
+        ip("127.0.0.1"),
+        Transport::Udp,
+        &mut out,
+        engine.stats().shared(),
+    ) {
         Action::Reply(n) => render(&out[..n]),
         Action::Deferred(_) => "deferred to upstream\n".into(),
         Action::Drop => "dropped\n".into(),
@@ -76,7 +90,10 @@ fn specification_records() {
             ("1.0.96.10.in-addr.arpa", "PTR"),
             ("10.0.1.10.in-addr.arpa", "PTR"),
             ("11.0.1.10.in-addr.arpa", "PTR"),
-            ("a.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.0.1.0.0.0.0.d.f.ip6.arpa", "PTR"),
+            (
+                "a.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.0.1.0.0.0.0.d.f.ip6.arpa",
+                "PTR"
+            ),
             ("10-1-0-50.prod.pod.cluster.local", "A"),
             ("10-1-0-51.prod.pod.cluster.local", "A"),
             ("10-1-0-50.other.pod.cluster.local", "A"),
@@ -95,7 +112,11 @@ fn specification_records() {
 fn pod_modes() {
     let insecure = engine(fixture(PodMode::Insecure), Autopath::Off);
     let disabled = engine(fixture(PodMode::Disabled), Autopath::Off);
-    let questions = [("10-9-9-9.any.pod.cluster.local", "A"), ("fd00--9.any.pod.cluster.local", "AAAA"), ("10-9-9.any.pod.cluster.local", "A")];
+    let questions = [
+        ("10-9-9-9.any.pod.cluster.local", "A"),
+        ("fd00--9.any.pod.cluster.local", "AAAA"),
+        ("10-9-9.any.pod.cluster.local", "A"),
+    ];
     insta::assert_snapshot!(format!(
         "insecure:\n{}disabled:\n{}",
         transcript(&insecure, &questions),
@@ -111,7 +132,10 @@ fn autopath_query_name() {
         &[
             // A pod in `default` asking for `web.prod` walks `web.prod.default.svc.cluster.local` first.
             ("web.prod.default.svc.cluster.local", "A"),
-            ("kubernetes.default.svc.cluster.local.prod.svc.cluster.local", "A"),
+            (
+                "kubernetes.default.svc.cluster.local.prod.svc.cluster.local",
+                "A"
+            ),
             ("nothing.prod.svc.cluster.local", "A"),
         ]
     ));
@@ -120,30 +144,60 @@ fn autopath_query_name() {
 #[test]
 fn truncation_and_malformed() {
     let mut index = fixture(PodMode::Verified);
-    let endpoints: Vec<_> = (0..100).map(|i| endpoint(&[&format!("10.2.0.{i}")], None, true)).collect();
-    index.upsert_service(service("prod", "big", portico_dns::index::ServiceKind::Headless, vec![]));
+    let endpoints: Vec<_> = (0..100)
+        .map(|i| endpoint(&[&format!("10.2.0.{i}")], None, true))
+        .collect();
+    index.upsert_service(service(
+        "prod",
+        "big",
+        portico_dns::index::ServiceKind::Headless,
+        vec![],
+    ));
     index.upsert_slice(slice("prod", "big-1", "big", vec![], endpoints));
     let engine = engine(index, Autopath::Off);
     // No EDNS: 512 bytes, so 100 A records do not fit.
     let packet = wire::build_query(5, &wire_name("big.prod.svc.cluster.local"), 1, true, None);
     let mut out = Vec::new();
-    let Action::Reply(n) = engine.handle(&packet, ip("127.0.0.1"), Transport::Udp, &mut out, engine.stats().shared()) else {
+    let Action::Reply(n) = engine.handle(
+        &packet,
+        ip("127.0.0.1"),
+        Transport::Udp,
+        &mut out,
+        engine.stats().shared(),
+    ) else {
         panic!("expected a reply");
     };
     assert!(n <= 512);
     let udp = render(&out[..n]);
-    let Action::Reply(n) = engine.handle(&packet, ip("127.0.0.1"), Transport::Tcp, &mut out, engine.stats().shared()) else {
+    let Action::Reply(n) = engine.handle(
+        &packet,
+        ip("127.0.0.1"),
+        Transport::Tcp,
+        &mut out,
+        engine.stats().shared(),
+    ) else {
         panic!("expected a reply");
     };
-    let tcp_count = render(&out[..n]).lines().filter(|l| l.contains("answer:")).count();
+    let tcp_count = render(&out[..n])
+        .lines()
+        .filter(|l| l.contains("answer:"))
+        .count();
     // Two questions: FORMERR.
     let mut two = wire::build_query(6, &wire_name("a.cluster.local"), 1, true, None);
     two[5] = 2;
-    let Action::Reply(n) = engine.handle(&two, ip("127.0.0.1"), Transport::Udp, &mut out, engine.stats().shared()) else {
+    let Action::Reply(n) = engine.handle(
+        &two,
+        ip("127.0.0.1"),
+        Transport::Udp,
+        &mut out,
+        engine.stats().shared(),
+    ) else {
         panic!("expected a reply");
     };
     let formerr = render(&out[..n]);
-    insta::assert_snapshot!(format!("udp:\n{udp}tcp answers: {tcp_count}\nformerr:\n{formerr}"));
+    insta::assert_snapshot!(format!(
+        "udp:\n{udp}tcp answers: {tcp_count}\nformerr:\n{formerr}"
+    ));
 }
 
 #[test]
@@ -155,7 +209,13 @@ fn unsynced_is_servfail_and_outsiders_are_refused() {
     engine.set_synced(true);
     let packet = wire::build_query(1, &wire_name("example.org"), 1, true, None);
     let mut out = Vec::new();
-    let Action::Reply(n) = engine.handle(&packet, ip("192.0.2.1"), Transport::Udp, &mut out, engine.stats().shared()) else {
+    let Action::Reply(n) = engine.handle(
+        &packet,
+        ip("192.0.2.1"),
+        Transport::Udp,
+        &mut out,
+        engine.stats().shared(),
+    ) else {
         panic!("expected a reply");
     };
     assert!(render(&out[..n]).starts_with("Refused"));

@@ -18,11 +18,21 @@ fn dig_short(port: u16, args: &[&str]) -> Vec<String> {
         "/usr/bin/dig is missing: apt-get install bind9-dnsutils"
     );
     let output = Command::new("/usr/bin/dig")
-        .args(["@127.0.0.1", "-p", &port.to_string(), "+tries=1", "+time=2", "+short"])
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "+tries=1",
+            "+time=2",
+            "+short",
+        ])
         .args(args)
         .output()
         .expect("running dig");
-    String::from_utf8_lossy(&output.stdout).lines().map(str::to_string).collect()
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Sends one A query with a plain UDP socket; returns the answer count and rcode.
@@ -34,7 +44,9 @@ fn probe(addr: std::net::SocketAddr, name: &str) -> (u16, u8) {
     }
     wire.push(0);
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
     let packet = portico_dns::wire::build_query(3, &wire, 1, true, None);
     socket.send_to(&packet, addr).unwrap();
     let mut buf = [0u8; 1500];
@@ -64,8 +76,13 @@ async fn answers_follow_the_api() {
     eprintln!("api server up at {}", api_server.url);
     let client = api_server.client.clone();
     let shutdown = CancellationToken::new();
-    let options = Options { udp_workers: 1, ..Options::default() };
-    let dns = portico_dns::start(client.clone(), options, shutdown.clone()).await.unwrap();
+    let options = Options {
+        udp_workers: 1,
+        ..Options::default()
+    };
+    let dns = portico_dns::start(client.clone(), options, shutdown.clone())
+        .await
+        .unwrap();
     let engine = dns.engine().clone();
     wait_until("the first sync", || engine.is_synced()).await;
     eprintln!("dns synced");
@@ -81,16 +98,29 @@ async fn answers_follow_the_api() {
     let created = services.create(&PostParams::default(), &web).await.unwrap();
     eprintln!("created web");
     let cluster_ip = created.spec.unwrap().cluster_ip.unwrap();
-    let latency = wait_until("web's A record", || probe(addr, "web.default.svc.cluster.local").0 == 1).await;
+    let latency = wait_until("web's A record", || {
+        probe(addr, "web.default.svc.cluster.local").0 == 1
+    })
+    .await;
     eprintln!("create → answer: {latency:?}");
-    let answer = tokio::task::spawn_blocking(move || dig_short(port, &["web.default.svc.cluster.local"])).await.unwrap();
+    let answer =
+        tokio::task::spawn_blocking(move || dig_short(port, &["web.default.svc.cluster.local"]))
+            .await
+            .unwrap();
     assert_eq!(answer, vec![cluster_ip.clone()]);
-    let srv = tokio::task::spawn_blocking(move || dig_short(port, &["_http._tcp.web.default.svc.cluster.local", "SRV"]))
+    let srv = tokio::task::spawn_blocking(move || {
+        dig_short(port, &["_http._tcp.web.default.svc.cluster.local", "SRV"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        srv,
+        vec!["0 100 80 web.default.svc.cluster.local.".to_string()]
+    );
+    let ip = cluster_ip.clone();
+    let ptr = tokio::task::spawn_blocking(move || dig_short(port, &["-x", &ip]))
         .await
         .unwrap();
-    assert_eq!(srv, vec!["0 100 80 web.default.svc.cluster.local.".to_string()]);
-    let ip = cluster_ip.clone();
-    let ptr = tokio::task::spawn_blocking(move || dig_short(port, &["-x", &ip])).await.unwrap();
     assert_eq!(ptr, vec!["web.default.svc.cluster.local.".to_string()]);
 
     // Headless with a slice written through the API.
@@ -112,17 +142,35 @@ async fn answers_follow_the_api() {
     }))
     .unwrap();
     slices.create(&PostParams::default(), &slice).await.unwrap();
-    wait_until("db's A record", || probe(addr, "db.default.svc.cluster.local").0 == 1).await;
-    let host = tokio::task::spawn_blocking(move || dig_short(port, &["db-0.db.default.svc.cluster.local"])).await.unwrap();
+    wait_until("db's A record", || {
+        probe(addr, "db.default.svc.cluster.local").0 == 1
+    })
+    .await;
+    let host = tokio::task::spawn_blocking(move || {
+        dig_short(port, &["db-0.db.default.svc.cluster.local"])
+    })
+    .await
+    .unwrap();
     assert_eq!(host, vec!["10.1.0.10".to_string()]);
-    let srv = tokio::task::spawn_blocking(move || dig_short(port, &["_pg._tcp.db.default.svc.cluster.local", "SRV"]))
-        .await
-        .unwrap();
-    assert_eq!(srv, vec!["0 100 5432 db-0.db.default.svc.cluster.local.".to_string()]);
+    let srv = tokio::task::spawn_blocking(move || {
+        dig_short(port, &["_pg._tcp.db.default.svc.cluster.local", "SRV"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        srv,
+        vec!["0 100 5432 db-0.db.default.svc.cluster.local.".to_string()]
+    );
 
     // Deleting the Service removes its names (NXDOMAIN).
-    services.delete("web", &DeleteParams::default()).await.unwrap();
-    wait_until("web's NXDOMAIN", || probe(addr, "web.default.svc.cluster.local").1 == 3).await;
+    services
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_until("web's NXDOMAIN", || {
+        probe(addr, "web.default.svc.cluster.local").1 == 3
+    })
+    .await;
 
     shutdown.cancel();
     dns.join().await;

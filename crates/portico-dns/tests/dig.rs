@@ -25,7 +25,9 @@ struct FakeUpstream {
 impl FakeUpstream {
     fn start() -> FakeUpstream {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         let addr = socket.local_addr().unwrap();
         let queries = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -33,9 +35,13 @@ impl FakeUpstream {
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while !s.load(Ordering::Relaxed) {
-                let Ok((n, peer)) = socket.recv_from(&mut buf) else { continue };
+                let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
                 q.fetch_add(1, Ordering::Relaxed);
-                let Ok(query) = portico_dns::wire::parse_query(&buf[..n]) else { continue };
+                let Ok(query) = portico_dns::wire::parse_query(&buf[..n]) else {
+                    continue;
+                };
                 let mut out = buf[..query.question_end].to_vec();
                 out[2] = 0x81;
                 out[3] = 0x80;
@@ -43,12 +49,18 @@ impl FakeUpstream {
                 out[11] = 0;
                 if query.qtype == 1 {
                     out[7] = 1;
-                    out.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 192, 0, 2, 77]);
+                    out.extend_from_slice(&[
+                        0xc0, 12, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 192, 0, 2, 77,
+                    ]);
                 }
                 let _ = socket.send_to(&out, peer);
             }
         });
-        FakeUpstream { addr, queries, stop }
+        FakeUpstream {
+            addr,
+            queries,
+            stop,
+        }
     }
 }
 
@@ -73,7 +85,16 @@ fn dig(port: u16, args: &[&str]) -> Dig {
     );
     let port = port.to_string();
     let output = Command::new(DIG)
-        .args(["@127.0.0.1", "-p", &port, "+tries=1", "+time=3", "+nocmd", "+nostats", "+noquestion"])
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &port,
+            "+tries=1",
+            "+time=3",
+            "+nocmd",
+            "+nostats",
+            "+noquestion",
+        ])
         .args(args)
         .output()
         .expect("running dig");
@@ -95,7 +116,11 @@ fn dig(port: u16, args: &[&str]) -> Dig {
         .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect();
-    Dig { status, flags, records }
+    Dig {
+        status,
+        flags,
+        records,
+    }
 }
 
 struct Server {
@@ -108,11 +133,22 @@ impl Server {
     async fn start(autopath: Autopath) -> Server {
         let upstream = FakeUpstream::start();
         let shutdown = CancellationToken::new();
-        let options = Options { upstream: vec![upstream.addr], autopath, udp_workers: 2, ..Options::default() };
-        let handle = portico_dns::start_unsynced(options, shutdown.clone()).await.unwrap();
+        let options = Options {
+            upstream: vec![upstream.addr],
+            autopath,
+            udp_workers: 2,
+            ..Options::default()
+        };
+        let handle = portico_dns::start_unsynced(options, shutdown.clone())
+            .await
+            .unwrap();
         fill(&mut handle.index().write().unwrap());
         handle.engine().set_synced(true);
-        Server { handle, shutdown, upstream }
+        Server {
+            handle,
+            shutdown,
+            upstream,
+        }
     }
 
     fn port(&self) -> u16 {
@@ -203,13 +239,23 @@ async fn truncation_then_tcp() {
     let server = Server::start(Autopath::Off).await;
     {
         let mut index = server.handle.index().write().unwrap();
-        let endpoints: Vec<_> = (0..100).map(|i| endpoint(&[&format!("10.2.0.{i}")], None, true)).collect();
-        index.upsert_service(service("prod", "big", portico_dns::index::ServiceKind::Headless, vec![]));
+        let endpoints: Vec<_> = (0..100)
+            .map(|i| endpoint(&[&format!("10.2.0.{i}")], None, true))
+            .collect();
+        index.upsert_service(service(
+            "prod",
+            "big",
+            portico_dns::index::ServiceKind::Headless,
+            vec![],
+        ));
         index.upsert_slice(slice("prod", "big-1", "big", vec![], endpoints));
     }
     let port = server.port();
     blocking(move || {
-        let truncated = dig(port, &["+ignore", "+noedns", "big.prod.svc.cluster.local", "A"]);
+        let truncated = dig(
+            port,
+            &["+ignore", "+noedns", "big.prod.svc.cluster.local", "A"],
+        );
         assert!(truncated.flags.contains("tc"), "{truncated:?}");
         assert!(truncated.records.is_empty());
         // Without +ignore dig retries over TCP and gets every record.
@@ -235,17 +281,27 @@ async fn forwarding_cache_and_external_names() {
         let second = dig(port, &["EXAMPLE.org", "A"]);
         assert_eq!(second.records.len(), 1);
         assert!(second.records[0].starts_with("EXAMPLE.org."), "{second:?}");
-        assert_eq!(queries.load(Ordering::Relaxed), 1, "the second answer comes from the cache");
+        assert_eq!(
+            queries.load(Ordering::Relaxed),
+            1,
+            "the second answer comes from the cache"
+        );
 
         let ext = dig(port, &["ext.prod.svc.cluster.local", "A"]);
         assert_eq!(
             ext.records,
-            vec!["ext.prod.svc.cluster.local. 5 IN CNAME Example.COM.", "example.com. 300 IN A 192.0.2.77"]
+            vec![
+                "ext.prod.svc.cluster.local. 5 IN CNAME Example.COM.",
+                "example.com. 300 IN A 192.0.2.77"
+            ]
         );
     })
     .await;
     let metrics = http_get(server.handle.metrics_addr.unwrap(), "/metrics").await;
-    assert!(metrics.contains("portico_dns_cache_hits_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("portico_dns_cache_hits_total 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("portico_dns_requests_total{type=\"A\"}"));
     assert!(metrics.contains("portico_dns_request_duration_seconds_bucket"));
 }
@@ -259,12 +315,18 @@ async fn autopath_expands_search_path_server_side() {
         let internal = dig(port, &["web.prod.default.svc.cluster.local", "A"]);
         assert_eq!(
             internal.records,
-            vec!["web.prod.default.svc.cluster.local. 5 IN CNAME web.prod.svc.cluster.local.", "web.prod.svc.cluster.local. 5 IN A 10.96.0.10"]
+            vec![
+                "web.prod.default.svc.cluster.local. 5 IN CNAME web.prod.svc.cluster.local.",
+                "web.prod.svc.cluster.local. 5 IN A 10.96.0.10"
+            ]
         );
         let external = dig(port, &["example.org.default.svc.cluster.local", "A"]);
         assert_eq!(
             external.records,
-            vec!["example.org.default.svc.cluster.local. 5 IN CNAME example.org.", "example.org. 300 IN A 192.0.2.77"]
+            vec![
+                "example.org.default.svc.cluster.local. 5 IN CNAME example.org.",
+                "example.org. 300 IN A 192.0.2.77"
+            ]
         );
     })
     .await;
@@ -273,29 +335,51 @@ async fn autopath_expands_search_path_server_side() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_malformed_and_refused() {
     let shutdown = CancellationToken::new();
-    let options = Options { udp_workers: 1, ..Options::default() };
-    let handle = portico_dns::start_unsynced(options, shutdown.clone()).await.unwrap();
+    let options = Options {
+        udp_workers: 1,
+        ..Options::default()
+    };
+    let handle = portico_dns::start_unsynced(options, shutdown.clone())
+        .await
+        .unwrap();
     let metrics = handle.metrics_addr.unwrap();
-    assert!(http_get(metrics, "/readyz").await.starts_with("HTTP/1.1 503"));
-    assert!(http_get(metrics, "/healthz").await.starts_with("HTTP/1.1 200"));
+    assert!(
+        http_get(metrics, "/readyz")
+            .await
+            .starts_with("HTTP/1.1 503")
+    );
+    assert!(
+        http_get(metrics, "/healthz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
     let port = handle.udp_addr.port();
     let unsynced = blocking(move || dig(port, &["web.prod.svc.cluster.local", "A"])).await;
     assert_eq!(unsynced.status, "SERVFAIL");
     handle.engine().set_synced(true);
-    assert!(http_get(metrics, "/readyz").await.starts_with("HTTP/1.1 200"));
+    assert!(
+        http_get(metrics, "/readyz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
     // Two questions: FORMERR. Garbage: FORMERR or nothing, never a crash.
     let addr = handle.udp_addr;
     blocking(move || {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut two = portico_dns::wire::build_query(9, &wire_name("a.cluster.local"), 1, true, None);
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut two =
+            portico_dns::wire::build_query(9, &wire_name("a.cluster.local"), 1, true, None);
         two[5] = 2;
         socket.send_to(&two, addr).unwrap();
         let mut buf = [0u8; 512];
         let n = socket.recv(&mut buf).unwrap();
         assert!(n >= 12);
         assert_eq!(buf[3] & 0x0f, 1, "FORMERR");
-        socket.send_to(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14], addr).unwrap();
+        socket
+            .send_to(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14], addr)
+            .unwrap();
         // No upstream configured: names outside the zone are refused.
     })
     .await;
@@ -309,7 +393,9 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await
         .unwrap();
     let mut out = String::new();

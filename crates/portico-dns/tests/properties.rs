@@ -16,7 +16,11 @@ use proptest::prelude::*;
 fn engine() -> Engine {
     let engine = Engine::new(
         Arc::new(RwLock::new(fixture(PodMode::Insecure))),
-        EngineConfig { ttl: 5, recursion_from: vec![], autopath: Autopath::QueryName },
+        EngineConfig {
+            ttl: 5,
+            recursion_from: vec![],
+            autopath: Autopath::QueryName,
+        },
         Forwarder::new(vec![]),
         1,
     );
@@ -27,14 +31,46 @@ fn engine() -> Engine {
 /// Questions built from cluster-ish labels, so the generator reaches deep into the index.
 fn question() -> impl Strategy<Value = Vec<u8>> {
     let label = prop::sample::select(vec![
-        "web", "db", "prod", "default", "svc", "pod", "cluster", "local", "_http", "_tcp", "_pg", "db-0",
-        "10-1-0-50", "fd00--1", "in-addr", "arpa", "ip6", "1", "10", "x", "dns-version", "WEB", "ext", "alias",
+        "web",
+        "db",
+        "prod",
+        "default",
+        "svc",
+        "pod",
+        "cluster",
+        "local",
+        "_http",
+        "_tcp",
+        "_pg",
+        "db-0",
+        "10-1-0-50",
+        "fd00--1",
+        "in-addr",
+        "arpa",
+        "ip6",
+        "1",
+        "10",
+        "x",
+        "dns-version",
+        "WEB",
+        "ext",
+        "alias",
     ]);
-    (prop::collection::vec(label, 0..8), any::<u16>(), any::<bool>(), any::<u16>()).prop_map(|(labels, qtype, edns, size)| {
-        let name = wire_name(&labels.join("."));
-        let edns = edns.then_some(wire::Edns { udp_size: size, version: 0, dnssec_ok: false });
-        wire::build_query(1, &name, qtype % 300, true, edns)
-    })
+    (
+        prop::collection::vec(label, 0..8),
+        any::<u16>(),
+        any::<bool>(),
+        any::<u16>(),
+    )
+        .prop_map(|(labels, qtype, edns, size)| {
+            let name = wire_name(&labels.join("."));
+            let edns = edns.then_some(wire::Edns {
+                udp_size: size,
+                version: 0,
+                dnssec_ok: false,
+            });
+            wire::build_query(1, &name, qtype % 300, true, edns)
+        })
 }
 
 proptest! {
