@@ -28,7 +28,11 @@ pub struct Resource<'a> {
 impl Resource<'_> {
     /// `services` or `endpointslices.discovery.k8s.io`, as upstream's GroupResource prints.
     pub fn qualified(&self) -> String {
-        if self.group.is_empty() { self.plural.to_string() } else { format!("{}.{}", self.plural, self.group) }
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
     }
     fn details(&self, name: &str) -> Value {
         let mut d = json!({"name": name, "kind": self.plural});
@@ -41,13 +45,32 @@ impl Resource<'_> {
 
 impl ApiError {
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        ApiError { code, reason, message: message.into(), details: None }
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
     }
     pub fn not_found(r: Resource<'_>, name: &str) -> Self {
-        ApiError { details: Some(r.details(name)), ..Self::new(404, "NotFound", format!("{} {:?} not found", r.qualified(), name)) }
+        ApiError {
+            details: Some(r.details(name)),
+            ..Self::new(
+                404,
+                "NotFound",
+                format!("{} {:?} not found", r.qualified(), name),
+            )
+        }
     }
     pub fn already_exists(r: Resource<'_>, name: &str) -> Self {
-        ApiError { details: Some(r.details(name)), ..Self::new(409, "AlreadyExists", format!("{} {:?} already exists", r.qualified(), name)) }
+        ApiError {
+            details: Some(r.details(name)),
+            ..Self::new(
+                409,
+                "AlreadyExists",
+                format!("{} {:?} already exists", r.qualified(), name),
+            )
+        }
     }
     /// 409 for a stale resourceVersion or failed precondition.
     pub fn conflict(r: Resource<'_>, name: &str) -> Self {
@@ -56,41 +79,75 @@ impl ApiError {
             r.qualified(),
             name
         );
-        ApiError { details: Some(r.details(name)), ..Self::new(409, "Conflict", msg) }
+        ApiError {
+            details: Some(r.details(name)),
+            ..Self::new(409, "Conflict", msg)
+        }
     }
     /// 409 Conflict with a free-text message (for example an SSA field-manager conflict).
-    pub fn conflict_with(r: Resource<'_>, name: &str, message: impl Into<String>, causes: Vec<Value>) -> Self {
+    pub fn conflict_with(
+        r: Resource<'_>,
+        name: &str,
+        message: impl Into<String>,
+        causes: Vec<Value>,
+    ) -> Self {
         let mut d = r.details(name);
         if !causes.is_empty() {
             d["causes"] = Value::Array(causes);
         }
-        ApiError { details: Some(d), ..Self::new(409, "Conflict", message) }
+        ApiError {
+            details: Some(d),
+            ..Self::new(409, "Conflict", message)
+        }
     }
     /// 422 Invalid with one cause per field error, message as `errors.NewInvalid`.
     pub fn invalid(r: Resource<'_>, name: &str, errs: &[FieldError]) -> Self {
         let joined = if errs.len() == 1 {
             errs[0].to_string()
         } else {
-            format!("[{}]", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "))
+            format!(
+                "[{}]",
+                errs.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         };
         let causes: Vec<Value> = errs
             .iter()
             .map(|e| json!({"reason": e.kind.reason(), "message": e.body(), "field": e.field}))
             .collect();
         let details = json!({"name": name, "group": r.group, "kind": r.kind, "causes": causes});
-        ApiError { details: Some(details), ..Self::new(422, "Invalid", format!("{} {:?} is invalid: {}", r.kind, name, joined)) }
+        ApiError {
+            details: Some(details),
+            ..Self::new(
+                422,
+                "Invalid",
+                format!("{} {:?} is invalid: {}", r.kind, name, joined),
+            )
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
     }
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(500, "InternalError", format!("Internal error occurred: {}", message.into()))
+        Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {}", message.into()),
+        )
     }
     pub fn gone(message: impl Into<String>) -> Self {
         Self::new(410, "Expired", message)
     }
     pub fn unsupported_media_type(content_type: &str) -> Self {
-        Self::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {content_type})"))
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {content_type})"
+            ),
+        )
     }
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(405, "MethodNotAllowed", message)
@@ -102,7 +159,11 @@ impl ApiError {
         Self::new(403, "Forbidden", message)
     }
     pub fn too_large() -> Self {
-        Self::new(413, "RequestEntityTooLarge", "Request entity too large: limit is 3145728")
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            "Request entity too large: limit is 3145728",
+        )
     }
 
     /// The `Status` object on the wire.
@@ -135,16 +196,24 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&self.to_status()).unwrap_or_default();
-        (code, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+        (
+            code,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
     }
 }
 
 impl From<portico_store::Error> for ApiError {
     fn from(e: portico_store::Error) -> Self {
         match e {
-            portico_store::Error::Compacted { requested, compacted } => {
-                ApiError::gone(format!("too old resource version: {requested} ({compacted})"))
-            }
+            portico_store::Error::Compacted {
+                requested,
+                compacted,
+            } => ApiError::gone(format!(
+                "too old resource version: {requested} ({compacted})"
+            )),
             portico_store::Error::FutureRevision(r) => ApiError::new(
                 504,
                 "Timeout",

@@ -41,18 +41,31 @@ pub struct Prepared {
 pub trait ObjectHooks: Send + Sync + 'static {
     /// Defaults and validates a new object (full JSON, metadata already filled) and reserves
     /// what it needs. Errors are answered to the client as they are.
-    async fn prepare_create(&self, _ctx: &WriteContext, _obj: &mut Value) -> Result<Prepared, ApiError> {
+    async fn prepare_create(
+        &self,
+        _ctx: &WriteContext,
+        _obj: &mut Value,
+    ) -> Result<Prepared, ApiError> {
         Ok(Prepared::default())
     }
 
     /// Same for an update (PUT, PATCH, apply). `old` is the stored object; `new` is what
     /// would be stored, after the generic layer copied over what the subresource may not change.
-    async fn prepare_update(&self, _ctx: &WriteContext, _old: &Value, _new: &mut Value) -> Result<Prepared, ApiError> {
+    async fn prepare_update(
+        &self,
+        _ctx: &WriteContext,
+        _old: &Value,
+        _new: &mut Value,
+    ) -> Result<Prepared, ApiError> {
         Ok(Prepared::default())
     }
 
     /// Called when an object is finally removed from the store (releases allocations).
-    async fn prepare_delete(&self, _ctx: &WriteContext, _old: &Value) -> Result<Prepared, ApiError> {
+    async fn prepare_delete(
+        &self,
+        _ctx: &WriteContext,
+        _old: &Value,
+    ) -> Result<Prepared, ApiError> {
         Ok(Prepared::default())
     }
 

@@ -61,8 +61,18 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    pub fn new(kind: ErrorType, field: impl Into<String>, bad_value: Option<String>, detail: impl Into<String>) -> Self {
-        FieldError { kind, field: field.into(), bad_value, detail: detail.into() }
+    pub fn new(
+        kind: ErrorType,
+        field: impl Into<String>,
+        bad_value: Option<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        FieldError {
+            kind,
+            field: field.into(),
+            bad_value,
+            detail: detail.into(),
+        }
     }
     pub fn required(field: impl Into<String>, detail: impl Into<String>) -> Self {
         Self::new(ErrorType::Required, field, None, detail)
@@ -70,7 +80,11 @@ impl FieldError {
     pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
         Self::new(ErrorType::Forbidden, field, None, detail)
     }
-    pub fn invalid(field: impl Into<String>, value: impl Into<String>, detail: impl Into<String>) -> Self {
+    pub fn invalid(
+        field: impl Into<String>,
+        value: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
         Self::new(ErrorType::Invalid, field, Some(value.into()), detail)
     }
     pub fn duplicate(field: impl Into<String>, value: impl Into<String>) -> Self {
