@@ -129,7 +129,11 @@ fn run_version(minor: u32, dir: &Path) {
             .is_some_and(|ip| ip.starts_with("10.")),
         "{json}"
     );
-    assert_eq!(k.ok(&["get", "svc", "-o", "name"]).trim(), "service/web");
+    // The API server keeps the `kubernetes` Service in default, as upstream's does.
+    assert_eq!(
+        k.ok(&["get", "svc", "-o", "name"]).trim(),
+        "service/kubernetes\nservice/web"
+    );
     let all = k.ok(&["get", "svc", "-A"]);
     assert!(all.starts_with("NAMESPACE") && all.contains("web"), "{all}");
     assert!(

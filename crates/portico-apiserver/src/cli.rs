@@ -48,6 +48,10 @@ pub struct Args {
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// Accept loopback addresses in EndpointSlices (upstream refuses them). `portico up` sets
+    /// this unless it runs the kernel data plane, because its backends are local processes.
+    #[arg(long)]
+    pub allow_loopback_endpoints: bool,
 }
 
 impl Default for Args {
@@ -61,6 +65,7 @@ impl Default for Args {
             service_cluster_ip_range: "10.96.0.0/12".into(),
             service_node_port_range: "30000-32767".into(),
             cluster_domain: "cluster.local".into(),
+            allow_loopback_endpoints: false,
         }
     }
 }
@@ -182,6 +187,13 @@ pub async fn start_with_store(args: Args, store: Arc<dyn Store>) -> Result<Runni
     hooks.insert("ipaddresses", service_hooks.ip_address_hooks());
     hooks.insert("servicecidrs", service_hooks.service_cidr_hooks());
     hooks.insert("services", service_hooks);
+    let slice_rules = portico_core::validation::EndpointSliceRules {
+        allow_loopback: args.allow_loopback_endpoints,
+    };
+    hooks.insert(
+        "endpointslices",
+        Arc::new(crate::endpointslice::EndpointSliceHooks { rules: slice_rules }),
+    );
     let (ns_tx, mut ns_rx) = mpsc::unbounded_channel::<String>();
     let api = Arc::new(Api {
         store: store.clone(),

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod codec;
 pub mod discovery;
+pub mod endpointslice;
 pub mod error;
 mod glue;
 pub mod handlers;

@@ -32,6 +32,8 @@ impl TestServer {
         let mut args = Args {
             data_dir: dir.path().to_path_buf(),
             secure_port: 0,
+            // Test backends are local processes on loopback, as under `portico up`.
+            allow_loopback_endpoints: true,
             ..Args::default()
         };
         adjust(&mut args);

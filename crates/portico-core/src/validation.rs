@@ -612,17 +612,51 @@ pub fn default_endpoint_slice(slice: &mut EndpointSlice) {
     }
 }
 
+/// Deliberate departures from upstream's EndpointSlice rules, each off by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointSliceRules {
+    /// Accept loopback endpoint addresses. Upstream rejects them; `portico up` without the
+    /// kernel data plane serves local processes, which live on loopback.
+    pub allow_loopback: bool,
+}
+
 /// `ValidateEndpointSlice` (create), metadata included.
 pub fn validate_endpoint_slice(slice: &EndpointSlice) -> Vec<FieldError> {
     let mut errs = validate_object_meta(&slice.metadata, true, NameKind::Dns1123Subdomain);
-    errs.extend(validate_endpoint_slice_body(slice));
+    errs.extend(validate_endpoint_slice_body(
+        slice,
+        EndpointSliceRules::default(),
+    ));
+    errs
+}
+
+/// The EndpointSlice rules without metadata (the API server validates metadata for every kind),
+/// for a create (`old: None`) or an update.
+pub fn validate_endpoint_slice_spec(
+    new: &EndpointSlice,
+    old: Option<&EndpointSlice>,
+    rules: EndpointSliceRules,
+) -> Vec<FieldError> {
+    let mut errs = validate_endpoint_slice_body(new, rules);
+    if let Some(old) = old {
+        if new.address_type != old.address_type {
+            errs.push(FieldError::invalid(
+                "addressType",
+                quote(&new.address_type),
+                "field is immutable",
+            ));
+        }
+    }
     errs
 }
 
 /// `ValidateEndpointSliceUpdate`: as create, plus `addressType` is immutable.
 pub fn validate_endpoint_slice_update(new: &EndpointSlice, old: &EndpointSlice) -> Vec<FieldError> {
     let mut errs = validate_object_meta_update(&new.metadata, &old.metadata);
-    errs.extend(validate_endpoint_slice_body(new));
+    errs.extend(validate_endpoint_slice_body(
+        new,
+        EndpointSliceRules::default(),
+    ));
     if new.address_type != old.address_type {
         errs.push(FieldError::invalid(
             "addressType",
@@ -633,7 +667,10 @@ pub fn validate_endpoint_slice_update(new: &EndpointSlice, old: &EndpointSlice) 
     errs
 }
 
-fn validate_endpoint_slice_body(slice: &EndpointSlice) -> Vec<FieldError> {
+fn validate_endpoint_slice_body(
+    slice: &EndpointSlice,
+    rules: EndpointSliceRules,
+) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let at = slice.address_type.as_str();
     if at.is_empty() {
@@ -659,6 +696,7 @@ fn validate_endpoint_slice_body(slice: &EndpointSlice) -> Vec<FieldError> {
                 let p = format!("{apath}[{j}]");
                 match at {
                     "IPv4" => match a.parse::<std::net::Ipv4Addr>() {
+                        Ok(ip) if rules.allow_loopback && ip.is_loopback() => {}
                         Ok(_) => errs.extend(validate_non_special_ip(a, &p)),
                         Err(_) => errs.push(FieldError::invalid(
                             &p,
@@ -667,6 +705,7 @@ fn validate_endpoint_slice_body(slice: &EndpointSlice) -> Vec<FieldError> {
                         )),
                     },
                     "IPv6" => match a.parse::<std::net::Ipv6Addr>() {
+                        Ok(ip) if rules.allow_loopback && ip.is_loopback() => {}
                         Ok(_) => errs.extend(validate_non_special_ip(a, &p)),
                         Err(_) => errs.push(FieldError::invalid(
                             &p,

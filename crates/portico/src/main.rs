@@ -79,14 +79,28 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Proxy(args) => portico_proxy::cli::run(args).await,
         Command::Dns(args) => portico_dns::cli::run(args).await,
         Command::Env(cmd) => {
-            let client = portico_proxy::cli::client(cmd.kubeconfig.as_deref()).await?;
-            portico_proxy::envcmd::env(client, &cmd.args).await
+            portico_proxy::envcmd::env(client(cmd.kubeconfig.as_deref()).await?, &cmd.args).await
         }
         Command::Run(cmd) => {
-            let client = portico_proxy::cli::client(cmd.kubeconfig.as_deref()).await?;
-            portico_proxy::envcmd::run(client, &cmd.args).await
+            portico_proxy::envcmd::run(client(cmd.kubeconfig.as_deref()).await?, &cmd.args).await
         }
     }
+}
+
+/// A client from `--kubeconfig`/`$KUBECONFIG`, or one clear line saying how to point at a server.
+async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    if kubeconfig.is_none()
+        && !std::path::Path::new(&format!(
+            "{}/.kube/config",
+            std::env::var("HOME").unwrap_or_default()
+        ))
+        .exists()
+    {
+        anyhow::bail!(
+            "no kubeconfig: pass --kubeconfig PATH or set KUBECONFIG (portico up writes portico-data/kubeconfig)"
+        );
+    }
+    portico_proxy::cli::client(kubeconfig).await
 }
 
 /// `portico apiserver`: the API server, plus the `kubernetes` Service that points at it

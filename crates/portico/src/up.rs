@@ -89,6 +89,7 @@ impl UpArgs {
                 .unwrap_or_else(|| default_range.to_string()),
             service_node_port_range: self.service_node_port_range.clone(),
             cluster_domain: self.cluster_domain.clone(),
+            allow_loopback_endpoints: !self.kernel(),
             ..portico_apiserver::cli::Args::default()
         }
     }

@@ -1,0 +1,193 @@
+//! The README walk-through, run as written: `portico up` as an unprivileged user (when the test
+//! runs as root it drops to `nobody` with setpriv), then the README's shell blocks with bash.
+//! Everything stays on loopback: the Service range and node ports of `portico up` are in
+//! 127.0.0.0/8 and the backends listen on 127.0.0.2 and 127.0.0.3.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portico_e2e::{kubectl_dir, portico_bin};
+
+/// Kills a process group on drop (the README starts background servers).
+struct Group(Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("--")
+            .arg(format!("-{}", self.0.id()))
+            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// The shell blocks of README.md under `## Walk-through`, in order.
+fn walkthrough_blocks() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md");
+    let section = readme
+        .split("## Walk-through")
+        .nth(1)
+        .expect("a Walk-through section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let mut blocks = Vec::new();
+    let mut rest = section;
+    while let Some(start) = rest.find("```sh\n") {
+        let body = &rest[start + 6..];
+        let end = body.find("\n```").expect("closed code block");
+        blocks.push(body[..end].to_string());
+        rest = &body[end + 4..];
+    }
+    blocks
+}
+
+/// Starts `portico up` with its defaults in `dir` (as `nobody` when root) and waits for readiness.
+fn start_up(dir: &Path) -> Group {
+    let bin = portico_bin();
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p portico` first",
+        bin.display()
+    );
+    let mut cmd = if is_root() {
+        let status = Command::new("chown")
+            .args(["65534:65534", &dir.display().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&bin);
+        c
+    } else {
+        Command::new(&bin)
+    };
+    cmd.arg("up")
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .process_group(0);
+    let mut child = cmd.spawn().expect("start portico up");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.starts_with("portico up ready ") => {
+                assert!(line.contains("dns=127.0.0.1:10053"), "{line}");
+                return Group(child);
+            }
+            Ok(_) => {}
+            Err(_) => panic!("portico up did not print its ready line within 60s"),
+        }
+    }
+}
+
+fn run_block(dir: &Path, cache: &Path, block: &str) -> String {
+    let bin_dir = portico_bin().parent().unwrap().to_path_buf();
+    // The README builds and runs with cargo; the test runs the binary cargo already built.
+    let script = block
+        .replace(
+            "cargo run -q --release -p portico --",
+            &portico_bin().display().to_string(),
+        )
+        .replace(
+            "cargo run --release -p portico --",
+            &portico_bin().display().to_string(),
+        );
+    let path = format!(
+        "{}:{}:{}",
+        kubectl_dir().unwrap().display(),
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let child = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(dir)
+        .env("PATH", path)
+        .env("KUBECACHEDIR", cache)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("bash");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("bash output");
+    // Stop what the block left running in the background (the two HTTP servers).
+    let _ = Command::new("kill")
+        .arg("--")
+        .arg(format!("-{pid}"))
+        .status();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "block failed:\n{block}\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn readme_walkthrough_works_as_written() {
+    let blocks = walkthrough_blocks();
+    assert_eq!(blocks.len(), 3, "walk-through blocks: {blocks:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let _up = start_up(dir.path());
+
+    // One shell for all blocks, like the terminal a reader types them into: later commands use
+    // the variables (KUBECONFIG, IP) and the servers of earlier ones.
+    let out = run_block(dir.path(), cache.path(), &blocks.join("\n"));
+    let lines: Vec<&str> = out.lines().collect();
+    let backends: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("backend-"))
+        .collect();
+    // 6 through the cluster IP, 1 through the node port, 4 after backend b left, 1 through the
+    // selector Service's cluster IP.
+    assert_eq!(backends.len(), 12, "{out}");
+    assert!(
+        backends[..6].contains(&"backend-a") && backends[..6].contains(&"backend-b"),
+        "both backends answer: {out}"
+    );
+    assert!(
+        backends[7..11].iter().all(|b| *b == "backend-a"),
+        "traffic moved to a: {out}"
+    );
+    assert_eq!(backends[11], "backend-a", "{out}");
+    let ip = lines
+        .iter()
+        .find(|l| l.starts_with("127.96."))
+        .expect("dig printed the cluster IP");
+    assert!(out.contains("service/web patched"), "{out}");
+    assert!(
+        out.contains("app-"),
+        "the controller made a slice for app: {out}"
+    );
+    assert!(!ip.is_empty());
+
+    // The environment block prints WEB_SERVICE_HOST, then WEB_SERVICE_PORT.
+    let tail: Vec<&str> = lines.iter().rev().take(2).rev().copied().collect();
+    assert!(tail[0].starts_with("127.96."), "WEB_SERVICE_HOST: {out}");
+    assert_eq!(tail[1], "8080", "{out}");
+}
