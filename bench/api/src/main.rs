@@ -324,7 +324,7 @@ async fn section_fill(report: &mut String, args: &Args, binary: &Path, parent: &
     let (listed, list_time) = fill::list_services(&client, "default").await?;
     let rss_after_list = proc_status_mib(server.pid, "VmRSS:").unwrap_or(0.0);
     let hwm = proc_status_mib(server.pid, "VmHWM:").unwrap_or(0.0);
-    server.stop().await?;
+    let stopped = server.stop().await?;
 
     let _ = writeln!(report, "## 3. Resident memory with {} Services and {} EndpointSlices\n", api_seq.ops, slices.ops);
     let _ = writeln!(
@@ -346,7 +346,14 @@ async fn section_fill(report: &mut String, args: &Args, binary: &Path, parent: &
     );
     let _ = writeln!(report, "| after one LIST of all {listed} Services ({:.0} ms) | {rss_after_list:.1} |", ms(list_time));
     let _ = writeln!(report, "| peak (VmHWM) | {hwm:.1} |");
-    let _ = writeln!(report);
+    let _ = writeln!(
+        report,
+        "\nSIGTERM → exit with these objects: {}.\n",
+        match stopped {
+            Some(d) => format!("{:.0} ms", ms(d)),
+            None => "**did not exit within 10 s** (killed)".to_string(),
+        }
+    );
 
     let _ = writeln!(report, "## 5. {} Services created one after another: API vs raw store\n", api_seq.ops);
     let _ = writeln!(
@@ -391,7 +398,7 @@ async fn start_once(binary: &Path, command: &str, parent: &Path) -> Result<(Dura
     }
     let ready = server.since_spawn();
     let listening = server.listening_after;
-    let stop = server.stop().await?;
+    let stop = server.stop().await?.unwrap_or(Duration::from_secs(10));
     Ok((listening, ready, stop))
 }
 
