@@ -48,8 +48,9 @@ pub struct Args {
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
-    /// Accept loopback addresses in EndpointSlices (upstream refuses them). `portico up` sets
-    /// this unless it runs the kernel data plane, because its backends are local processes.
+    /// Accept loopback addresses in EndpointSlices (upstream refuses them). Implied when the
+    /// server binds a loopback address: such a cluster lives on one machine, its endpoints
+    /// (the API server's own included) are local processes.
     #[arg(long)]
     pub allow_loopback_endpoints: bool,
 }
@@ -188,7 +189,7 @@ pub async fn start_with_store(args: Args, store: Arc<dyn Store>) -> Result<Runni
     hooks.insert("servicecidrs", service_hooks.service_cidr_hooks());
     hooks.insert("services", service_hooks);
     let slice_rules = portico_core::validation::EndpointSliceRules {
-        allow_loopback: args.allow_loopback_endpoints,
+        allow_loopback: args.allow_loopback_endpoints || args.bind_address.is_loopback(),
     };
     hooks.insert(
         "endpointslices",
