@@ -17,7 +17,12 @@ use crate::objects;
 use crate::stats::Summary;
 
 /// Creates `count` Services one after another; returns the summary and one stored object's JSON.
-pub async fn sequential_services(client: &kube::Client, namespace: &str, count: usize, limit: Duration) -> Result<(Summary, Vec<u8>)> {
+pub async fn sequential_services(
+    client: &kube::Client,
+    namespace: &str,
+    count: usize,
+    limit: Duration,
+) -> Result<(Summary, Vec<u8>)> {
     let api: Api<Service> = Api::namespaced(client.clone(), namespace);
     let params = PostParams::default();
     let mut latencies = Vec::with_capacity(count);
@@ -29,7 +34,10 @@ pub async fn sequential_services(client: &kube::Client, namespace: &str, count: 
         }
         let service = objects::service(&format!("svc-{i}"))?;
         let begun = Instant::now();
-        let created = api.create(&params, &service).await.with_context(|| format!("creating Service svc-{i}"))?;
+        let created = api
+            .create(&params, &service)
+            .await
+            .with_context(|| format!("creating Service svc-{i}"))?;
         latencies.push(begun.elapsed());
         if i == 0 {
             sample = serde_json::to_vec(&created)?;
@@ -40,8 +48,15 @@ pub async fn sequential_services(client: &kube::Client, namespace: &str, count: 
 
 /// The same number of creates (compare "absent", then put) straight into a fresh embedded
 /// store in `parent`, one after another, with `value` as the stored object.
-pub async fn raw_store_creates(parent: &Path, count: usize, value: &[u8], limit: Duration) -> Result<Summary> {
-    let dir = tempfile::Builder::new().prefix("portico-bench-api-store-").tempdir_in(parent)?;
+pub async fn raw_store_creates(
+    parent: &Path,
+    count: usize,
+    value: &[u8],
+    limit: Duration,
+) -> Result<Summary> {
+    let dir = tempfile::Builder::new()
+        .prefix("portico-bench-api-store-")
+        .tempdir_in(parent)?;
     let store = EmbeddedStore::open(&dir.path().join("store.redb"))?;
     let value = Bytes::copy_from_slice(value);
     let mut latencies = Vec::with_capacity(count);
@@ -52,7 +67,12 @@ pub async fn raw_store_creates(parent: &Path, count: usize, value: &[u8], limit:
         }
         let key = format!("/registry/services/specs/default/svc-{i}");
         let begun = Instant::now();
-        let response = store.txn(vec![Compare::ModRevision(key.clone(), 0)], vec![Op::Put(key, value.clone())]).await?;
+        let response = store
+            .txn(
+                vec![Compare::ModRevision(key.clone(), 0)],
+                vec![Op::Put(key, value.clone())],
+            )
+            .await?;
         latencies.push(begun.elapsed());
         anyhow::ensure!(response.succeeded, "raw create of a fresh key failed");
     }
@@ -60,7 +80,12 @@ pub async fn raw_store_creates(parent: &Path, count: usize, value: &[u8], limit:
 }
 
 /// Creates one EndpointSlice per Service `svc-0..count` with `concurrency` writers.
-pub async fn endpoint_slices(client: &kube::Client, namespace: &str, count: usize, concurrency: usize) -> Result<Summary> {
+pub async fn endpoint_slices(
+    client: &kube::Client,
+    namespace: &str,
+    count: usize,
+    concurrency: usize,
+) -> Result<Summary> {
     let api: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(concurrency);
@@ -72,7 +97,9 @@ pub async fn endpoint_slices(client: &kube::Client, namespace: &str, count: usiz
             for i in (task..count).step_by(concurrency) {
                 let slice = objects::endpoint_slice(&format!("svc-{i}"), i)?;
                 let begun = Instant::now();
-                api.create(&params, &slice).await.with_context(|| format!("creating EndpointSlice for svc-{i}"))?;
+                api.create(&params, &slice)
+                    .await
+                    .with_context(|| format!("creating EndpointSlice for svc-{i}"))?;
                 latencies.push(begun.elapsed());
             }
             anyhow::Ok(latencies)

@@ -69,17 +69,27 @@ struct Args {
     #[arg(long)]
     results: Option<PathBuf>,
     /// Parts to run, comma separated: creates, watch, fill, startup.
-    #[arg(long, value_delimiter = ',', default_value = "creates,watch,fill,startup")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "creates,watch,fill,startup"
+    )]
     parts: Vec<String>,
 }
 
 fn portico_binary(args: &Args) -> Result<PathBuf> {
     let path = match &args.portico_bin {
         Some(path) => path.clone(),
-        None => std::env::current_exe()?.parent().context("no parent of this binary")?.join("portico"),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no parent of this binary")?
+            .join("portico"),
     };
     if !path.exists() {
-        bail!("{} not found: build it with `cargo build --release -p portico` (same target dir) or pass --portico-bin", path.display());
+        bail!(
+            "{} not found: build it with `cargo build --release -p portico` (same target dir) or pass --portico-bin",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -95,7 +105,14 @@ async fn main() -> Result<()> {
     let mut report = String::new();
 
     let needs_etcd = wants("creates") || wants("watch");
-    let etcd = if needs_etcd { Some(EtcdProcess::try_start_in(&parent).context("starting etcd (apt-get install etcd-server)")?) } else { None };
+    let etcd = if needs_etcd {
+        Some(
+            EtcdProcess::try_start_in(&parent)
+                .context("starting etcd (apt-get install etcd-server)")?,
+        )
+    } else {
+        None
+    };
     let mut etcd_clients = Vec::new();
     if let Some(etcd) = &etcd {
         for _ in 0..args.connections.max(1) {
@@ -115,14 +132,36 @@ async fn main() -> Result<()> {
             .await
             .with_context(|| format!("probe create; server stderr:\n{}", server.stderr()))?;
         let value = Arc::new(serde_json::to_vec(&probe)?);
-        let cluster_ip = probe.spec.as_ref().and_then(|s| s.cluster_ip.clone()).unwrap_or_default();
-        eprintln!("probe Service: {} bytes of JSON, clusterIP {cluster_ip:?}", value.len());
+        let cluster_ip = probe
+            .spec
+            .as_ref()
+            .and_then(|s| s.cluster_ip.clone())
+            .unwrap_or_default();
+        eprintln!(
+            "probe Service: {} bytes of JSON, clusterIP {cluster_ip:?}",
+            value.len()
+        );
 
         if wants("creates") {
-            section_creates(&mut report, &args, &clients, &etcd_clients, value.clone(), &cluster_ip).await?;
+            section_creates(
+                &mut report,
+                &args,
+                &clients,
+                &etcd_clients,
+                value.clone(),
+                &cluster_ip,
+            )
+            .await?;
         }
         if wants("watch") {
-            section_watch(&mut report, &args, &clients[0], &etcd_clients, value.clone()).await?;
+            section_watch(
+                &mut report,
+                &args,
+                &clients[0],
+                &etcd_clients,
+                value.clone(),
+            )
+            .await?;
         }
         server.stop().await?;
     }
@@ -137,16 +176,31 @@ async fn main() -> Result<()> {
     }
 
     let load_after = load_average();
-    let header = header(&args, &parent, &load_before, &load_after, run_started.elapsed());
+    let header = header(
+        &args,
+        &parent,
+        &load_before,
+        &load_after,
+        run_started.elapsed(),
+    );
     let full = format!("{header}{report}");
     println!("{full}");
-    let results = args.results.clone().unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md"));
+    let results = args
+        .results
+        .clone()
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md"));
     std::fs::write(&results, &full).with_context(|| format!("writing {}", results.display()))?;
     eprintln!("wrote {}", results.display());
     Ok(())
 }
 
-fn header(args: &Args, parent: &Path, load_before: &str, load_after: &str, took: Duration) -> String {
+fn header(
+    args: &Args,
+    parent: &Path,
+    load_before: &str,
+    load_after: &str,
+    took: Duration,
+) -> String {
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -154,7 +208,9 @@ fn header(args: &Args, parent: &Path, load_before: &str, load_after: &str, took:
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let date = std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()
@@ -162,7 +218,10 @@ fn header(args: &Args, parent: &Path, load_before: &str, load_after: &str, took:
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     let mut text = String::new();
-    let _ = writeln!(text, "# API server: creates vs etcd, watch latency, memory, start-up\n");
+    let _ = writeln!(
+        text,
+        "# API server: creates vs etcd, watch latency, memory, start-up\n"
+    );
     let _ = writeln!(
         text,
         "Run: `cargo build --release -p portico -p portico-bench-api && target/release/portico-bench-api` \
@@ -196,14 +255,47 @@ async fn section_creates(
     let measured = Duration::from_secs(args.seconds.max(1));
     let warm = Duration::from_secs(1);
     // results[concurrency index] = (ours per round, etcd per round)
-    let mut results: Vec<(Vec<Summary>, Vec<Summary>)> = vec![(Vec::new(), Vec::new()); args.concurrency.len()];
+    let mut results: Vec<(Vec<Summary>, Vec<Summary>)> =
+        vec![(Vec::new(), Vec::new()); args.concurrency.len()];
     for round in 0..args.rounds.max(1) {
         for (index, &concurrency) in args.concurrency.iter().enumerate() {
             let c = concurrency.max(1);
-            creates::api_creates(clients, "default", &format!("warm-r{round}-c{c}"), c, warm, args.max_ops).await?;
-            let ours = creates::api_creates(clients, "default", &format!("r{round}-c{c}"), c, measured, args.max_ops).await?;
-            creates::etcd_puts(etcd_clients, &format!("warm-r{round}-c{c}"), c, warm, args.max_ops, value.clone()).await?;
-            let theirs = creates::etcd_puts(etcd_clients, &format!("r{round}-c{c}"), c, measured, args.max_ops, value.clone()).await?;
+            creates::api_creates(
+                clients,
+                "default",
+                &format!("warm-r{round}-c{c}"),
+                c,
+                warm,
+                args.max_ops,
+            )
+            .await?;
+            let ours = creates::api_creates(
+                clients,
+                "default",
+                &format!("r{round}-c{c}"),
+                c,
+                measured,
+                args.max_ops,
+            )
+            .await?;
+            creates::etcd_puts(
+                etcd_clients,
+                &format!("warm-r{round}-c{c}"),
+                c,
+                warm,
+                args.max_ops,
+                value.clone(),
+            )
+            .await?;
+            let theirs = creates::etcd_puts(
+                etcd_clients,
+                &format!("r{round}-c{c}"),
+                c,
+                measured,
+                args.max_ops,
+                value.clone(),
+            )
+            .await?;
             eprintln!(
                 "round {round} c={c}: ours {:.0}/s p99 {:.2} ms; etcd {:.0}/s p99 {:.2} ms",
                 ours.rate,
@@ -215,7 +307,10 @@ async fn section_creates(
             results[index].1.push(theirs);
         }
     }
-    let _ = writeln!(report, "## 1. Service creates through the API vs etcd puts\n");
+    let _ = writeln!(
+        report,
+        "## 1. Service creates through the API vs etcd puts\n"
+    );
     let _ = writeln!(
         report,
         "Ours: `POST /api/v1/namespaces/default/services` (kube-rs `Api::create`, a ClusterIP Service with a selector \
@@ -229,20 +324,38 @@ async fn section_creates(
         args.rounds.max(1),
         args.seconds,
         args.max_ops,
-        if cluster_ip.is_empty() { "none (no ClusterIP allocation on this path)".to_string() } else { format!("`{cluster_ip}`") }
+        if cluster_ip.is_empty() {
+            "none (no ClusterIP allocation on this path)".to_string()
+        } else {
+            format!("`{cluster_ip}`")
+        }
     );
-    let _ = writeln!(report, "| clients | ours creates/s | ours p50 / p99 ms | etcd puts/s | etcd p50 / p99 ms | ours/etcd (per round) | target ≥ 0.50 |");
-    let _ = writeln!(report, "| ---: | ---: | ---: | ---: | ---: | ---: | :---: |");
+    let _ = writeln!(
+        report,
+        "| clients | ours creates/s | ours p50 / p99 ms | etcd puts/s | etcd p50 / p99 ms | ours/etcd (per round) | target ≥ 0.50 |"
+    );
+    let _ = writeln!(
+        report,
+        "| ---: | ---: | ---: | ---: | ---: | ---: | :---: |"
+    );
     for (index, concurrency) in args.concurrency.iter().enumerate() {
         let (ours, theirs) = &results[index];
         let med = |runs: &[Summary]| Summary {
             ops: 0,
             rate: median(runs.iter().map(|s| s.rate).collect()),
-            p50: Duration::from_secs_f64(median(runs.iter().map(|s| s.p50.as_secs_f64()).collect())),
-            p99: Duration::from_secs_f64(median(runs.iter().map(|s| s.p99.as_secs_f64()).collect())),
+            p50: Duration::from_secs_f64(median(
+                runs.iter().map(|s| s.p50.as_secs_f64()).collect(),
+            )),
+            p99: Duration::from_secs_f64(median(
+                runs.iter().map(|s| s.p99.as_secs_f64()).collect(),
+            )),
             max: Duration::ZERO,
         };
-        let ratios: Vec<f64> = ours.iter().zip(theirs).map(|(o, t)| o.rate / t.rate.max(f64::MIN_POSITIVE)).collect();
+        let ratios: Vec<f64> = ours
+            .iter()
+            .zip(theirs)
+            .map(|(o, t)| o.rate / t.rate.max(f64::MIN_POSITIVE))
+            .collect();
         let ratio = median(ratios.clone());
         let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
         let _ = writeln!(
@@ -258,13 +371,25 @@ async fn section_creates(
     Ok(())
 }
 
-async fn section_watch(report: &mut String, args: &Args, client: &kube::Client, etcd_clients: &[etcd_client::Client], value: Arc<Vec<u8>>) -> Result<()> {
+async fn section_watch(
+    report: &mut String,
+    args: &Args,
+    client: &kube::Client,
+    etcd_clients: &[etcd_client::Client],
+    value: Arc<Vec<u8>>,
+) -> Result<()> {
     let gap = Duration::from_millis(args.watch_gap_ms);
-    let ours = watch::api_watch(client, "bench-watch", args.watchers, args.watch_writes, gap).await?;
+    let ours =
+        watch::api_watch(client, "bench-watch", args.watchers, args.watch_writes, gap).await?;
     eprintln!("watch ours: {ours:?}");
-    let theirs = watch::etcd_watch(etcd_clients, args.watchers, args.watch_writes, gap, value).await?;
+    let theirs =
+        watch::etcd_watch(etcd_clients, args.watchers, args.watch_writes, gap, value).await?;
     eprintln!("watch etcd: {theirs:?}");
-    let _ = writeln!(report, "## 2. Watch delivery latency with {} watchers\n", args.watchers);
+    let _ = writeln!(
+        report,
+        "## 2. Watch delivery latency with {} watchers\n",
+        args.watchers
+    );
     let _ = writeln!(
         report,
         "{} watchers (kube-rs `Api::watch` on one namespace, each its own HTTPS stream; for etcd, watches on one prefix \
@@ -276,9 +401,18 @@ async fn section_watch(report: &mut String, args: &Args, client: &kube::Client, 
         args.watch_writes,
         args.watch_gap_ms
     );
-    let _ = writeln!(report, "| side | deliveries (missing) | early | p50 ms | p99 ms | max ms | p99 from request sent, ms | target p99 < 10 ms |");
-    let _ = writeln!(report, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: |");
-    for (side, r, target) in [("ours (API watch)", &ours, true), ("etcd (gRPC watch)", &theirs, false)] {
+    let _ = writeln!(
+        report,
+        "| side | deliveries (missing) | early | p50 ms | p99 ms | max ms | p99 from request sent, ms | target p99 < 10 ms |"
+    );
+    let _ = writeln!(
+        report,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: |"
+    );
+    for (side, r, target) in [
+        ("ours (API watch)", &ours, true),
+        ("etcd (gRPC watch)", &theirs, false),
+    ] {
         let verdict = if !target {
             "—"
         } else if r.p99 < Duration::from_millis(10) && r.missing == 0 {
@@ -302,7 +436,12 @@ async fn section_watch(report: &mut String, args: &Args, client: &kube::Client, 
     Ok(())
 }
 
-async fn section_fill(report: &mut String, args: &Args, binary: &Path, parent: &Path) -> Result<()> {
+async fn section_fill(
+    report: &mut String,
+    args: &Args,
+    binary: &Path,
+    parent: &Path,
+) -> Result<()> {
     let limit = Duration::from_secs(180);
     let server = ServerProcess::start(binary, "apiserver", parent).await?;
     let client = server.client().await?;
@@ -326,7 +465,11 @@ async fn section_fill(report: &mut String, args: &Args, binary: &Path, parent: &
     let hwm = proc_status_mib(server.pid, "VmHWM:").unwrap_or(0.0);
     let stopped = server.stop().await?;
 
-    let _ = writeln!(report, "## 3. Resident memory with {} Services and {} EndpointSlices\n", api_seq.ops, slices.ops);
+    let _ = writeln!(
+        report,
+        "## 3. Resident memory with {} Services and {} EndpointSlices\n",
+        api_seq.ops, slices.ops
+    );
     let _ = writeln!(
         report,
         "The real `portico apiserver --secure-port 0 --data-dir <fresh>` as a child process; VmRSS from `/proc/<pid>/status`. \
@@ -342,9 +485,17 @@ async fn section_fill(report: &mut String, args: &Args, binary: &Path, parent: &
         report,
         "| + {} EndpointSlices (target < 300 MB: {}) | **{rss_full:.1}** |",
         slices.ops,
-        if rss_full * 1.048_576 < 300.0 { "met" } else { "missed" }
+        if rss_full * 1.048_576 < 300.0 {
+            "met"
+        } else {
+            "missed"
+        }
     );
-    let _ = writeln!(report, "| after one LIST of all {listed} Services ({:.0} ms) | {rss_after_list:.1} |", ms(list_time));
+    let _ = writeln!(
+        report,
+        "| after one LIST of all {listed} Services ({:.0} ms) | {rss_after_list:.1} |",
+        ms(list_time)
+    );
     let _ = writeln!(report, "| peak (VmHWM) | {hwm:.1} |");
     let _ = writeln!(
         report,
@@ -355,7 +506,11 @@ async fn section_fill(report: &mut String, args: &Args, binary: &Path, parent: &
         }
     );
 
-    let _ = writeln!(report, "## 5. {} Services created one after another: API vs raw store\n", api_seq.ops);
+    let _ = writeln!(
+        report,
+        "## 5. {} Services created one after another: API vs raw store\n",
+        api_seq.ops
+    );
     let _ = writeln!(
         report,
         "One client, one request in flight, on the server of part 3 while it fills. Raw store: the same number of creates \
@@ -363,9 +518,15 @@ async fn section_fill(report: &mut String, args: &Args, binary: &Path, parent: &
          opened in this process, on the same disk, right after.\n",
         sample.len()
     );
-    let _ = writeln!(report, "| path | creates | total s | creates/s | p50 / p99 / max ms |");
+    let _ = writeln!(
+        report,
+        "| path | creates | total s | creates/s | p50 / p99 / max ms |"
+    );
     let _ = writeln!(report, "| --- | ---: | ---: | ---: | ---: |");
-    for (path, s) in [("API (HTTPS, embedded store)", &api_seq), ("raw EmbeddedStore txn", &raw_seq)] {
+    for (path, s) in [
+        ("API (HTTPS, embedded store)", &api_seq),
+        ("raw EmbeddedStore txn", &raw_seq),
+    ] {
         let _ = writeln!(
             report,
             "| {path} | {} | {:.1} | {:.0} | {:.2} / {:.2} / {:.2} |",
@@ -377,12 +538,20 @@ async fn section_fill(report: &mut String, args: &Args, binary: &Path, parent: &
             ms(s.max)
         );
     }
-    let _ = writeln!(report, "\nAPI / raw store: **{:.2}**.\n", api_seq.rate / raw_seq.rate.max(f64::MIN_POSITIVE));
+    let _ = writeln!(
+        report,
+        "\nAPI / raw store: **{:.2}**.\n",
+        api_seq.rate / raw_seq.rate.max(f64::MIN_POSITIVE)
+    );
     Ok(())
 }
 
 /// Spawn → listening line → first `/readyz` 200, then SIGTERM → exit.
-async fn start_once(binary: &Path, command: &str, parent: &Path) -> Result<(Duration, Duration, Duration)> {
+async fn start_once(
+    binary: &Path,
+    command: &str,
+    parent: &Path,
+) -> Result<(Duration, Duration, Duration)> {
     let server = ServerProcess::start(binary, command, parent).await?;
     let client = server.client().await?;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -402,8 +571,16 @@ async fn start_once(binary: &Path, command: &str, parent: &Path) -> Result<(Dura
     Ok((listening, ready, stop))
 }
 
-async fn section_startup(report: &mut String, args: &Args, binary: &Path, parent: &Path) -> Result<()> {
-    let _ = writeln!(report, "## 4. Start to `/readyz` 200 on an empty data dir\n");
+async fn section_startup(
+    report: &mut String,
+    args: &Args,
+    binary: &Path,
+    parent: &Path,
+) -> Result<()> {
+    let _ = writeln!(
+        report,
+        "## 4. Start to `/readyz` 200 on an empty data dir\n"
+    );
     let _ = writeln!(
         report,
         "Spawn of the binary (`--secure-port 0 --data-dir <fresh>`) → its listening line on stdout → the first `GET /readyz` \
@@ -411,7 +588,10 @@ async fn section_startup(report: &mut String, args: &Args, binary: &Path, parent
          {} starts per command; median (min–max).\n",
         args.starts
     );
-    let _ = writeln!(report, "| command | listening line ms | /readyz 200 ms | target < 1 s | SIGTERM → exit ms |");
+    let _ = writeln!(
+        report,
+        "| command | listening line ms | /readyz 200 ms | target < 1 s | SIGTERM → exit ms |"
+    );
     let _ = writeln!(report, "| --- | ---: | ---: | :---: | ---: |");
     for command in ["up", "apiserver"] {
         let mut listening = Vec::new();
@@ -419,7 +599,12 @@ async fn section_startup(report: &mut String, args: &Args, binary: &Path, parent
         let mut stop = Vec::new();
         for _ in 0..args.starts.max(1) {
             let (l, r, s) = start_once(binary, command, parent).await?;
-            eprintln!("start {command}: listening {:.1} ms, ready {:.1} ms, stop {:.1} ms", ms(l), ms(r), ms(s));
+            eprintln!(
+                "start {command}: listening {:.1} ms, ready {:.1} ms, stop {:.1} ms",
+                ms(l),
+                ms(r),
+                ms(s)
+            );
             listening.push(ms(l));
             ready.push(ms(r));
             stop.push(ms(s));
@@ -429,8 +614,18 @@ async fn section_startup(report: &mut String, args: &Args, binary: &Path, parent
             let max = v.iter().copied().fold(0.0, f64::max);
             format!("{:.0} ({min:.0}–{max:.0})", median(v.to_vec()))
         };
-        let verdict = if median(ready.clone()) < 1000.0 { "met" } else { "**missed**" };
-        let _ = writeln!(report, "| `portico {command}` | {} | {} | {verdict} | {} |", range(&listening), range(&ready), range(&stop));
+        let verdict = if median(ready.clone()) < 1000.0 {
+            "met"
+        } else {
+            "**missed**"
+        };
+        let _ = writeln!(
+            report,
+            "| `portico {command}` | {} | {} | {verdict} | {} |",
+            range(&listening),
+            range(&ready),
+            range(&stop)
+        );
     }
     let _ = writeln!(report);
     Ok(())

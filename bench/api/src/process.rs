@@ -66,7 +66,10 @@ impl ServerProcess {
             Ok(Ok(Some(line))) => line,
             other => {
                 let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                bail!("{} {command} printed no listening line ({other:?}); stderr:\n{log}", binary.display());
+                bail!(
+                    "{} {command} printed no listening line ({other:?}); stderr:\n{log}",
+                    binary.display()
+                );
             }
         };
         let (url, kubeconfig) = parse_listening_line(&line)?;
@@ -91,7 +94,11 @@ impl ServerProcess {
     /// An admin client built from the kubeconfig the server wrote.
     pub async fn client(&self) -> Result<kube::Client> {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default()).await?;
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?;
         Ok(kube::Client::try_from(config)?)
     }
 
@@ -121,7 +128,10 @@ impl ServerProcess {
 
 /// `portico apiserver listening on https://127.0.0.1:PORT kubeconfig=PATH`.
 fn parse_listening_line(line: &str) -> Result<(String, PathBuf)> {
-    let rest = line.split_once(" listening on ").map(|(_, rest)| rest).context("no 'listening on'")?;
+    let rest = line
+        .split_once(" listening on ")
+        .map(|(_, rest)| rest)
+        .context("no 'listening on'")?;
     let mut url = None;
     let mut kubeconfig = None;
     for word in rest.split_whitespace() {

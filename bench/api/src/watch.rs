@@ -35,13 +35,19 @@ pub struct WatchResult {
 
 type Received = Vec<(String, Instant)>;
 
-fn summarise(watchers: usize, sent: &HashMap<String, (Instant, Instant)>, received: Vec<Received>) -> WatchResult {
+fn summarise(
+    watchers: usize,
+    sent: &HashMap<String, (Instant, Instant)>,
+    received: Vec<Received>,
+) -> WatchResult {
     let mut latencies = Vec::new();
     let mut from_request = Vec::new();
     let mut early = 0;
     for per_watcher in &received {
         for (name, at) in per_watcher {
-            let Some((requested, answered)) = sent.get(name) else { continue };
+            let Some((requested, answered)) = sent.get(name) else {
+                continue;
+            };
             if at < answered {
                 early += 1;
             }
@@ -66,17 +72,34 @@ fn summarise(watchers: usize, sent: &HashMap<String, (Instant, Instant)>, receiv
 }
 
 /// API watchers on a fresh namespace; `writes` Service creates, `gap` apart.
-pub async fn api_watch(client: &kube::Client, namespace: &str, watchers: usize, writes: usize, gap: Duration) -> Result<WatchResult> {
+pub async fn api_watch(
+    client: &kube::Client,
+    namespace: &str,
+    watchers: usize,
+    writes: usize,
+    gap: Duration,
+) -> Result<WatchResult> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace}}))?;
-    namespaces.create(&PostParams::default(), &ns).await.context("creating the watch namespace")?;
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .context("creating the watch namespace")?;
     let api: Api<Service> = Api::namespaced(client.clone(), namespace);
-    let version = api.list(&ListParams::default()).await?.metadata.resource_version.unwrap_or_default();
+    let version = api
+        .list(&ListParams::default())
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
 
     let mut tasks = Vec::with_capacity(watchers);
     for _ in 0..watchers {
         // The watch is registered once the response headers arrive, before any create.
-        let stream = api.watch(&WatchParams::default(), &version).await.context("opening a watch")?;
+        let stream = api
+            .watch(&WatchParams::default(), &version)
+            .await
+            .context("opening a watch")?;
         tasks.push(tokio::spawn(async move {
             let mut received: Received = Vec::with_capacity(writes);
             let mut stream = std::pin::pin!(stream);
@@ -178,9 +201,15 @@ mod tests {
     fn summary_counts_missing_and_early_deliveries() {
         let base = Instant::now();
         let ms = Duration::from_millis;
-        let sent = HashMap::from([("a".to_string(), (base, base + ms(2))), ("b".to_string(), (base + ms(10), base + ms(12)))]);
+        let sent = HashMap::from([
+            ("a".to_string(), (base, base + ms(2))),
+            ("b".to_string(), (base + ms(10), base + ms(12))),
+        ]);
         let received = vec![
-            vec![("a".to_string(), base + ms(3)), ("b".to_string(), base + ms(11))],
+            vec![
+                ("a".to_string(), base + ms(3)),
+                ("b".to_string(), base + ms(11)),
+            ],
             vec![("a".to_string(), base + ms(7))],
         ];
         let result = summarise(2, &sent, received);
