@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 const LOOPBACK_SERVICE_RANGE: &str = "127.96.0.0/16";
 /// LoadBalancer pool of `portico up` without the kernel data plane.
 const LOOPBACK_LB_POOL: &str = "127.97.0.0/24";
+/// How long components get to stop after SIGINT/SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 /// Kubernetes' usual Service range, for the kernel data plane.
 const KERNEL_SERVICE_RANGE: &str = "10.96.0.0/12";
 
@@ -220,11 +222,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     portico_apiserver::cli::wait_for_signal().await;
     shutdown.cancel();
-    let _ = kubernetes_service.await;
-    let _ = controllers.await;
-    dns.join().await;
-    if let Some(proxy) = proxy {
-        proxy.join().await;
+    // Components stop in parallel while the API server still answers (the kubernetes Service
+    // reconciler withdraws its address through it); a component that hangs does not hold up exit.
+    let components = async {
+        let proxy = async {
+            if let Some(proxy) = proxy {
+                proxy.join().await;
+            }
+        };
+        let _ = tokio::join!(kubernetes_service, controllers, dns.join(), proxy);
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, components)
+        .await
+        .is_err()
+    {
+        tracing::warn!("components did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
     }
     running.shutdown().await;
     Ok(())
