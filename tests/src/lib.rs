@@ -174,3 +174,93 @@ mod tests {
         assert!(parse_listening("something else").is_none());
     }
 }
+
+/// A `portico up` process group, killed on drop.
+pub struct Up {
+    child: Child,
+    /// The line `portico up ready api=… kubeconfig=… dns=… proxy-mode=…`.
+    pub ready_line: String,
+}
+
+impl Up {
+    /// Starts `portico up <extra…>` in `dir` and waits for its ready line. As root it drops to
+    /// `nobody` with setpriv first (and hands `dir` to that user), because `portico up` must
+    /// work without privileges.
+    pub fn start_unprivileged(dir: &Path, extra: &[&str]) -> Result<Up> {
+        use std::os::unix::process::CommandExt;
+        let bin = portico_bin();
+        anyhow::ensure!(
+            bin.exists(),
+            "{} is missing: run `cargo build -p portico` first",
+            bin.display()
+        );
+        let mut cmd = if is_root() {
+            let status = Command::new("chown")
+                .args(["65534:65534", &dir.display().to_string()])
+                .status()?;
+            anyhow::ensure!(status.success(), "chown {}", dir.display());
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(&bin);
+            c
+        } else {
+            Command::new(&bin)
+        };
+        cmd.arg("up")
+            .args(extra)
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0);
+        let mut child = cmd.spawn().context("starting portico up")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut up = Up {
+            child,
+            ready_line: String::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.starts_with("portico up ready ") => {
+                    up.ready_line = line;
+                    return Ok(up);
+                }
+                Ok(_) => {}
+                Err(_) => bail!("portico up did not print its ready line within 60s"),
+            }
+        }
+    }
+
+    /// A `key=value` field of the ready line.
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.ready_line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("--")
+            .arg(format!("-{}", self.child.id()))
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// True when this process runs as root.
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}

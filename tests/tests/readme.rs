@@ -3,35 +3,11 @@
 //! Everything stays on loopback: the Service range and node ports of `portico up` are in
 //! 127.0.0.0/8 and the backends listen on 127.0.0.2 and 127.0.0.3.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-use portico_e2e::{kubectl_dir, portico_bin};
-
-/// Kills a process group on drop (the README starts background servers).
-struct Group(Child);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("--")
-            .arg(format!("-{}", self.0.id()))
-            .status();
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
+use portico_e2e::{Up, kubectl_dir, portico_bin};
 
 /// The shell blocks of README.md under `## Walk-through`, in order.
 fn walkthrough_blocks() -> Vec<String> {
@@ -52,54 +28,6 @@ fn walkthrough_blocks() -> Vec<String> {
         rest = &body[end + 4..];
     }
     blocks
-}
-
-/// Starts `portico up` with its defaults in `dir` (as `nobody` when root) and waits for readiness.
-fn start_up(dir: &Path) -> Group {
-    let bin = portico_bin();
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p portico` first",
-        bin.display()
-    );
-    let mut cmd = if is_root() {
-        let status = Command::new("chown")
-            .args(["65534:65534", &dir.display().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(&bin);
-        c
-    } else {
-        Command::new(&bin)
-    };
-    cmd.arg("up")
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .process_group(0);
-    let mut child = cmd.spawn().expect("start portico up");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.starts_with("portico up ready ") => {
-                assert!(line.contains("dns=127.0.0.1:10053"), "{line}");
-                return Group(child);
-            }
-            Ok(_) => {}
-            Err(_) => panic!("portico up did not print its ready line within 60s"),
-        }
-    }
 }
 
 fn run_block(dir: &Path, cache: &Path, block: &str) -> String {
@@ -152,7 +80,13 @@ fn readme_walkthrough_works_as_written() {
     assert_eq!(blocks.len(), 3, "walk-through blocks: {blocks:?}");
     let dir = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let _up = start_up(dir.path());
+    let up = Up::start_unprivileged(dir.path(), &[]).unwrap();
+    assert_eq!(
+        up.field("dns"),
+        Some("127.0.0.1:10053"),
+        "{}",
+        up.ready_line
+    );
 
     // One shell for all blocks, like the terminal a reader types them into: later commands use
     // the variables (KUBECONFIG, IP) and the servers of earlier ones.

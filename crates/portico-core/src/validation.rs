@@ -638,14 +638,14 @@ pub fn validate_endpoint_slice_spec(
     rules: EndpointSliceRules,
 ) -> Vec<FieldError> {
     let mut errs = validate_endpoint_slice_body(new, rules);
-    if let Some(old) = old {
-        if new.address_type != old.address_type {
-            errs.push(FieldError::invalid(
-                "addressType",
-                quote(&new.address_type),
-                "field is immutable",
-            ));
-        }
+    if let Some(old) = old
+        && new.address_type != old.address_type
+    {
+        errs.push(FieldError::invalid(
+            "addressType",
+            quote(&new.address_type),
+            "field is immutable",
+        ));
     }
     errs
 }
