@@ -159,22 +159,6 @@ pub fn kubectl_dir() -> Option<PathBuf> {
     p.parent().map(Path::to_path_buf)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn listening_line() {
-        let (u, k) = parse_listening(
-            "portico apiserver listening on https://127.0.0.1:4431 kubeconfig=/tmp/x/kubeconfig",
-        )
-        .unwrap();
-        assert_eq!(u, "https://127.0.0.1:4431");
-        assert_eq!(k, PathBuf::from("/tmp/x/kubeconfig"));
-        assert!(parse_listening("something else").is_none());
-    }
-}
-
 /// A `portico up` process group, killed on drop.
 pub struct Up {
     child: Child,
@@ -263,4 +247,20 @@ pub fn is_root() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_line() {
+        let (u, k) = parse_listening(
+            "portico apiserver listening on https://127.0.0.1:4431 kubeconfig=/tmp/x/kubeconfig",
+        )
+        .unwrap();
+        assert_eq!(u, "https://127.0.0.1:4431");
+        assert_eq!(k, PathBuf::from("/tmp/x/kubeconfig"));
+        assert!(parse_listening("something else").is_none());
+    }
 }
