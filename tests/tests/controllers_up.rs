@@ -295,6 +295,11 @@ fn load_balancer_pool_and_address_in_use() {
         }
     });
     let v = k.json(&["get", "svc", "lb2", "-o", "json"]);
+    let explained = v["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["reason"] == json!("AddressInUse") && c["status"] == json!("False"))
+    });
+    assert!(explained, "no AddressInUse condition: {v:#}");
     assert!(
         v["status"]["loadBalancer"]["ingress"]
             .as_array()
