@@ -40,6 +40,35 @@ fn invalid(name: &str, errs: &[FieldError]) -> ApiError {
     ApiError::invalid(SERVICES, name, errs)
 }
 
+/// The common end of a create or update: on validation errors or an encoding failure, give back
+/// what `wa` reserved; on a dry run, give it back too but still answer the would-be object;
+/// otherwise keep the reservations (the cluster IPs and node ports to commit).
+type Kept = (Vec<std::net::IpAddr>, Vec<i32>);
+fn settle<R: rand::Rng>(
+    wa: WriteAlloc<'_, R>,
+    svc: &Service,
+    errs: &[FieldError],
+    name: &str,
+    dry_run: bool,
+) -> Result<(Value, Option<Kept>), ApiError> {
+    if !errs.is_empty() {
+        wa.rollback();
+        return Err(invalid(name, errs));
+    }
+    let value = match from_service(svc) {
+        Ok(v) => v,
+        Err(e) => {
+            wa.rollback();
+            return Err(e);
+        }
+    };
+    if dry_run {
+        wa.rollback();
+        return Ok((value, None));
+    }
+    Ok((value, Some(wa.keep())))
+}
+
 fn failure(name: &str, f: AllocFailure) -> ApiError {
     match f {
         AllocFailure::Invalid(errs) => invalid(name, &errs),
@@ -174,25 +203,12 @@ impl ObjectHooks for ServiceHooks {
         }
         strategy::prepare_for_create(&mut svc);
         let errs = core_svc::validate_service(&svc);
-        if !errs.is_empty() {
-            wa.rollback();
-            return Err(invalid(&name, &errs));
-        }
-        let value = match from_service(&svc) {
-            Ok(v) => v,
-            Err(e) => {
-                wa.rollback();
-                return Err(e);
-            }
-        };
-        if ctx.dry_run {
-            wa.rollback();
-            *obj = value;
-            return Ok(Prepared::default());
-        }
-        let (ips, ports) = wa.keep();
+        let (value, kept) = settle(wa, &svc, &errs, &name, ctx.dry_run)?;
         drop(st);
         *obj = value;
+        let Some((ips, ports)) = kept else {
+            return Ok(Prepared::default());
+        };
         let r = Reservation {
             ips,
             ports,
@@ -245,25 +261,12 @@ impl ObjectHooks for ServiceHooks {
         };
         strategy::prepare_for_update(&mut svc, &old_svc);
         let errs = core_svc::validate_service_update(&svc, &old_svc);
-        if !errs.is_empty() {
-            wa.rollback();
-            return Err(invalid(&name, &errs));
-        }
-        let value = match from_service(&svc) {
-            Ok(v) => v,
-            Err(e) => {
-                wa.rollback();
-                return Err(e);
-            }
-        };
-        if ctx.dry_run {
-            wa.rollback();
-            *new = value;
-            return Ok(Prepared::default());
-        }
-        let (ips, ports) = wa.keep();
+        let (value, kept) = settle(wa, &svc, &errs, &name, ctx.dry_run)?;
         drop(st);
         *new = value;
+        let Some((ips, ports)) = kept else {
+            return Ok(Prepared::default());
+        };
         let r = Reservation {
             ips,
             ports,
