@@ -1307,11 +1307,19 @@ impl Api {
         body: &[u8],
     ) -> Result<(StatusCode, Value), ApiError> {
         let opts = DeleteOptions::parse(q, body)?;
-        let obj = self.delete_object(info, ns, name, &opts).await?;
-        Ok((StatusCode::OK, obj))
+        let (obj, deleted) = self.delete_object_inner(info, ns, name, &opts).await?;
+        // Upstream answers 202 only when the deprecated orphanDependents=false asked for a
+        // cascade that is still running; every other pending deletion is a 200.
+        let code = if !deleted && opts.orphan_dependents == Some(false) {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        };
+        Ok((code, obj))
     }
 
-    /// Deletes one object with upstream's graceful, finalizer and namespace semantics.
+    /// Deletes one object with upstream's graceful, finalizer, garbage-collection and
+    /// namespace semantics.
     pub async fn delete_object(
         &self,
         info: &'static ResourceInfo,
@@ -1319,6 +1327,19 @@ impl Api {
         name: &str,
         opts: &DeleteOptions,
     ) -> Result<Value, ApiError> {
+        self.delete_object_inner(info, ns, name, opts)
+            .await
+            .map(|(obj, _)| obj)
+    }
+
+    /// [`Api::delete_object`], also saying whether the object is gone from storage now.
+    async fn delete_object_inner(
+        &self,
+        info: &'static ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<(Value, bool), ApiError> {
         let key = key_of(info, ns, name);
         for _ in 0..RETRIES {
             let Some(kv) = self.store.get(&key).await? else {
@@ -1352,11 +1373,11 @@ impl Api {
             // Namespaces: mark Terminating; the cleanup task empties and removes them.
             if info.plural == "namespaces" {
                 if opts.dry_run {
-                    return Ok(old);
+                    return Ok((old, false));
                 }
                 if object::meta_str(&old, "deletionTimestamp").is_some() {
                     let _ = self.namespace_cleanup.send(name.to_string());
-                    return Ok(old);
+                    return Ok((old, false));
                 }
                 let mut new = old.clone();
                 meta_mut(&mut new).insert("deletionTimestamp".into(), json!(object::now_rfc3339()));
@@ -1375,63 +1396,13 @@ impl Api {
                 meta_mut(&mut new)
                     .insert("resourceVersion".into(), json!(resp.revision.to_string()));
                 let _ = self.namespace_cleanup.send(name.to_string());
-                return Ok(new);
+                return Ok((new, false));
             }
-            // Graceful pod deletion: a pod bound to a node waits for its grace period.
-            let grace = if info.kind == "Pod"
-                && old
-                    .pointer("/spec/nodeName")
-                    .and_then(|n| n.as_str())
-                    .is_some_and(|n| !n.is_empty())
-            {
-                let phase = old
-                    .pointer("/status/phase")
-                    .and_then(|p| p.as_str())
-                    .unwrap_or("");
-                if phase == "Succeeded" || phase == "Failed" {
-                    0
-                } else {
-                    opts.grace_period
-                        .unwrap_or_else(|| {
-                            old.pointer("/spec/terminationGracePeriodSeconds")
-                                .and_then(|g| g.as_i64())
-                                .unwrap_or(30)
-                        })
-                        .max(0)
-                }
-            } else {
-                0
-            };
-            let fins = object::finalizers(&old);
-            let deleting = object::meta_str(&old, "deletionTimestamp").is_some();
-            if grace > 0 || !fins.is_empty() {
-                let current_grace = old
-                    .pointer("/metadata/deletionGracePeriodSeconds")
-                    .and_then(|g| g.as_i64());
-                let mut new = old.clone();
-                if !deleting || current_grace.is_some_and(|c| grace < c) {
-                    let when = jiff::Timestamp::now().as_second() + grace;
-                    let ts = jiff::Timestamp::from_second(when)
-                        .map(|t| t.to_string())
-                        .unwrap_or_else(|_| object::now_rfc3339());
-                    let m = meta_mut(&mut new);
-                    m.insert("deletionTimestamp".into(), json!(ts));
-                    m.insert("deletionGracePeriodSeconds".into(), json!(grace));
-                    if info.generation {
-                        let g = old
-                            .pointer("/metadata/generation")
-                            .and_then(|g| g.as_i64())
-                            .unwrap_or(0);
-                        m.insert("generation".into(), json!(g + 1));
-                    }
-                } else if grace == 0 && fins.is_empty() {
-                    // Grace confirmed: fall through to removal below.
-                } else {
-                    return Ok(old);
-                }
-                if grace > 0 || !fins.is_empty() {
+            match plan_delete(info.kind, &old, opts, jiff::Timestamp::now()) {
+                DeletePlan::Pending => return Ok((old, false)),
+                DeletePlan::Update(mut new) => {
                     if opts.dry_run {
-                        return Ok(new);
+                        return Ok((new, false));
                     }
                     let resp = self
                         .store
@@ -1445,16 +1416,18 @@ impl Api {
                     }
                     meta_mut(&mut new)
                         .insert("resourceVersion".into(), json!(resp.revision.to_string()));
-                    return Ok(new);
+                    return Ok((new, false));
                 }
-            }
-            if opts.dry_run {
-                return Ok(old);
-            }
-            match self.remove(info, ns, name, &kv, old.clone()).await {
-                Ok(v) => return Ok(v),
-                Err(e) if e.code == 409 => continue,
-                Err(e) => return Err(e),
+                DeletePlan::Now => {
+                    if opts.dry_run {
+                        return Ok((old, true));
+                    }
+                    match self.remove(info, ns, name, &kv, old.clone()).await {
+                        Ok(v) => return Ok((v, true)),
+                        Err(e) if e.code == 409 => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
             }
         }
         Err(ApiError::conflict(info.resource(), name))
@@ -1635,6 +1608,22 @@ fn go_quote(s: &str) -> String {
     format!("{s:?}")
 }
 
+/// How dependents of a deleted object are treated (`DeleteOptions.propagationPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    /// Keep dependents; the garbage collector removes their ownerReferences first.
+    Orphan,
+    /// Delete the owner now; the garbage collector deletes dependents afterwards.
+    Background,
+    /// Keep the owner (finalizer `foregroundDeletion`) until blocking dependents are gone.
+    Foreground,
+}
+
+/// The finalizer the garbage collector honours for `Orphan` deletions.
+pub const FINALIZER_ORPHAN: &str = "orphan";
+/// The finalizer the garbage collector honours for `Foreground` deletions.
+pub const FINALIZER_FOREGROUND: &str = "foregroundDeletion";
+
 /// `DeleteOptions` from the JSON body, with query parameters as fallback.
 #[derive(Debug, Default, Clone)]
 pub struct DeleteOptions {
@@ -1642,6 +1631,9 @@ pub struct DeleteOptions {
     pub uid: Option<String>,
     pub resource_version: Option<String>,
     pub dry_run: bool,
+    pub propagation_policy: Option<Propagation>,
+    /// The deprecated `orphanDependents`; overrides `propagation_policy` when set.
+    pub orphan_dependents: Option<bool>,
 }
 
 impl DeleteOptions {
@@ -1656,6 +1648,22 @@ impl DeleteOptions {
             })?);
         }
         if body.iter().all(|b| b.is_ascii_whitespace()) {
+            // Without a body upstream decodes the options from the query.
+            let policy = q
+                .get("propagationPolicy")
+                .filter(|p| !p.is_empty())
+                .map(String::from);
+            let orphan = q
+                .get("orphanDependents")
+                .map(|v| {
+                    go_parse_bool(v).ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "strconv.ParseBool: parsing {v:?}: invalid syntax"
+                        ))
+                    })
+                })
+                .transpose()?;
+            o.set_propagation(policy, orphan)?;
             return Ok(o);
         }
         let v: Value = serde_json::from_slice(body).map_err(|e| {
@@ -1689,7 +1697,525 @@ impl DeleteOptions {
                 }
             }
         }
+        let policy = match v.get("propagationPolicy") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(p)) => Some(p.clone()),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "json: cannot unmarshal {} into Go struct field DeleteOptions.propagationPolicy of type v1.DeletionPropagation",
+                    json_type_name(other)
+                )));
+            }
+        };
+        let orphan = match v.get("orphanDependents") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "json: cannot unmarshal {} into Go struct field DeleteOptions.orphanDependents of type bool",
+                    json_type_name(other)
+                )));
+            }
+        };
+        o.set_propagation(policy, orphan)?;
         Ok(o)
+    }
+
+    /// Upstream's `ValidateDeleteOptions` for the two garbage-collection fields.
+    fn set_propagation(
+        &mut self,
+        policy: Option<String>,
+        orphan: Option<bool>,
+    ) -> Result<(), ApiError> {
+        use portico_core::field::{ErrorType, FieldError, quote};
+        let mut errs = Vec::new();
+        if let (Some(p), Some(_)) = (&policy, orphan) {
+            errs.push(FieldError::invalid(
+                "propagationPolicy",
+                quote(p),
+                "orphanDependents and deletionPropagation cannot be both set",
+            ));
+        }
+        let parsed = match policy.as_deref() {
+            None => None,
+            Some("Orphan") => Some(Propagation::Orphan),
+            Some("Background") => Some(Propagation::Background),
+            Some("Foreground") => Some(Propagation::Foreground),
+            Some(other) => {
+                errs.push(FieldError::new(
+                    ErrorType::NotSupported,
+                    "propagationPolicy",
+                    Some(quote(other)),
+                    "supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\"",
+                ));
+                None
+            }
+        };
+        if !errs.is_empty() {
+            let options = crate::error::Resource {
+                group: "meta.k8s.io",
+                plural: "deleteoptions",
+                kind: "DeleteOptions",
+            };
+            let mut e = ApiError::invalid(options, "", &errs);
+            // Upstream prints the qualified kind: `DeleteOptions.meta.k8s.io "" is invalid: …`.
+            e.message =
+                e.message
+                    .replacen("DeleteOptions \"\"", "DeleteOptions.meta.k8s.io \"\"", 1);
+            return Err(e);
+        }
+        self.propagation_policy = parsed;
+        self.orphan_dependents = orphan;
+        Ok(())
+    }
+
+    /// Upstream's `shouldOrphanDependents`: options first, then the object's finalizers, then
+    /// the default policy (Background for every kind served here).
+    fn should_orphan(&self, finalizers: &[String]) -> bool {
+        if let Some(o) = self.orphan_dependents {
+            return o;
+        }
+        if let Some(p) = self.propagation_policy {
+            return p == Propagation::Orphan;
+        }
+        first_gc_finalizer(finalizers) == Some(FINALIZER_ORPHAN)
+    }
+
+    /// Upstream's `shouldDeleteDependents`.
+    fn should_delete_in_foreground(&self, finalizers: &[String]) -> bool {
+        if self.orphan_dependents.is_some() {
+            return false;
+        }
+        if let Some(p) = self.propagation_policy {
+            return p == Propagation::Foreground;
+        }
+        first_gc_finalizer(finalizers) == Some(FINALIZER_FOREGROUND)
+    }
+
+    /// The finalizers after applying the options' propagation policy, or `None` when the set
+    /// does not change (upstream's `deletionFinalizersForGarbageCollection`).
+    fn gc_finalizers(&self, finalizers: &[String]) -> Option<Vec<String>> {
+        let orphan = self.should_orphan(finalizers);
+        let foreground = self.should_delete_in_foreground(finalizers);
+        let mut out: Vec<String> = finalizers
+            .iter()
+            .filter(|f| *f != FINALIZER_ORPHAN && *f != FINALIZER_FOREGROUND)
+            .cloned()
+            .collect();
+        if orphan {
+            out.push(FINALIZER_ORPHAN.into());
+        }
+        if foreground {
+            out.push(FINALIZER_FOREGROUND.into());
+        }
+        let old: std::collections::BTreeSet<&String> = finalizers.iter().collect();
+        let new: std::collections::BTreeSet<&String> = out.iter().collect();
+        (old != new).then_some(out)
+    }
+}
+
+fn first_gc_finalizer(finalizers: &[String]) -> Option<&str> {
+    finalizers
+        .iter()
+        .map(String::as_str)
+        .find(|f| *f == FINALIZER_ORPHAN || *f == FINALIZER_FOREGROUND)
+}
+
+/// Go's `strconv.ParseBool`.
+fn go_parse_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// The JSON type name Go's decoder prints in "cannot unmarshal X into …".
+fn json_type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// What one DELETE does to a stored object.
+#[derive(Debug, Clone, PartialEq)]
+enum DeletePlan {
+    /// A graceful deletion is already pending: answer the object unchanged.
+    Pending,
+    /// Write this state (deletionTimestamp, grace period, finalizers) and keep the object.
+    Update(Value),
+    /// Remove the object from storage now.
+    Now,
+}
+
+fn parse_ts(s: &str) -> Option<jiff::Timestamp> {
+    s.parse::<jiff::Timestamp>().ok()
+}
+
+fn ts_string(t: jiff::Timestamp) -> String {
+    jiff::Timestamp::from_second(t.as_second())
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| t.to_string())
+}
+
+fn bump_generation(new: &mut Value) {
+    let g = new
+        .pointer("/metadata/generation")
+        .and_then(|g| g.as_i64())
+        .unwrap_or(0);
+    if g > 0 {
+        meta_mut(new).insert("generation".into(), json!(g + 1));
+    }
+}
+
+/// The grace period of a first pod deletion (upstream's pod `CheckGracefulDelete`).
+fn pod_grace_period(pod: &Value, requested: Option<i64>) -> i64 {
+    let unscheduled = pod
+        .pointer("/spec/nodeName")
+        .and_then(|n| n.as_str())
+        .is_none_or(str::is_empty);
+    let phase = pod
+        .pointer("/status/phase")
+        .and_then(|p| p.as_str())
+        .unwrap_or("");
+    if unscheduled || phase == "Succeeded" || phase == "Failed" {
+        return 0;
+    }
+    requested.unwrap_or_else(|| {
+        pod.pointer("/spec/terminationGracePeriodSeconds")
+            .and_then(|g| g.as_i64())
+            .unwrap_or(30)
+    })
+}
+
+/// Upstream's store `Delete`: `BeforeDelete` (graceful deletion, pods only here), then the
+/// garbage-collection finalizers, then either an update that keeps the object or removal.
+fn plan_delete(kind: &str, old: &Value, opts: &DeleteOptions, now: jiff::Timestamp) -> DeletePlan {
+    let mut new = old.clone();
+    // Negative grace periods count as 1s on the delete path.
+    let requested = opts.grace_period.map(|g| if g < 0 { 1 } else { g });
+    let mut graceful: Option<i64> = None;
+    if kind == "Pod" {
+        let current = old
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(|g| g.as_i64())
+            .map(|g| if g < 0 { 1 } else { g });
+        match object::meta_str(old, "deletionTimestamp") {
+            Some(ts) => match current {
+                // Graceful deletion ran out (or never had a period): delete now.
+                None | Some(0) => {}
+                Some(current) => match requested {
+                    // Only a shorter grace period may be given once deletion started.
+                    Some(g) if g < current => {
+                        let at = parse_ts(ts).unwrap_or(now).as_second() - current + g;
+                        let at = jiff::Timestamp::from_second(at).unwrap_or(now);
+                        let m = meta_mut(&mut new);
+                        m.insert("deletionTimestamp".into(), json!(ts_string(at)));
+                        m.insert("deletionGracePeriodSeconds".into(), json!(g));
+                        graceful = Some(g);
+                    }
+                    _ => return DeletePlan::Pending,
+                },
+            },
+            None => {
+                let g = pod_grace_period(old, requested);
+                let at = jiff::Timestamp::from_second(now.as_second() + g).unwrap_or(now);
+                let m = meta_mut(&mut new);
+                m.insert("deletionTimestamp".into(), json!(ts_string(at)));
+                m.insert("deletionGracePeriodSeconds".into(), json!(g));
+                bump_generation(&mut new);
+                graceful = Some(g);
+            }
+        }
+    }
+    let finalizers = object::finalizers(old);
+    let changed = opts.gc_finalizers(&finalizers);
+    if graceful.is_none() && finalizers.is_empty() && changed.is_none() {
+        return DeletePlan::Now;
+    }
+    if let Some(f) = changed {
+        meta_mut(&mut new).insert("finalizers".into(), json!(f));
+    }
+    let pending_finalizers = !object::finalizers(&new).is_empty();
+    match graceful {
+        None if pending_finalizers => {
+            // upstream's markAsDeleting: now (or earlier), grace 0.
+            let existing = object::meta_str(old, "deletionTimestamp").and_then(parse_ts);
+            if existing.is_none() {
+                bump_generation(&mut new);
+            }
+            if existing.is_none_or(|t| t > now) {
+                meta_mut(&mut new).insert("deletionTimestamp".into(), json!(ts_string(now)));
+            }
+            meta_mut(&mut new).insert("deletionGracePeriodSeconds".into(), json!(0));
+            DeletePlan::Update(new)
+        }
+        None => DeletePlan::Now,
+        Some(g) if pending_finalizers || g > 0 => DeletePlan::Update(new),
+        Some(_) => DeletePlan::Now,
+    }
+}
+
+#[cfg(test)]
+mod delete_tests {
+    use super::*;
+
+    fn opts(q: &str, body: &str) -> Result<DeleteOptions, ApiError> {
+        DeleteOptions::parse(&Query::parse(Some(q)).unwrap(), body.as_bytes())
+    }
+
+    #[test]
+    fn propagation_options() {
+        use Propagation::*;
+        let ok: &[(&str, &str, Option<Propagation>, Option<bool>)] = &[
+            ("", "", None, None),
+            ("propagationPolicy=Foreground", "", Some(Foreground), None),
+            ("propagationPolicy=Orphan", "", Some(Orphan), None),
+            ("orphanDependents=false", "", None, Some(false)),
+            ("orphanDependents=1", "", None, Some(true)),
+            (
+                "",
+                r#"{"propagationPolicy":"Background"}"#,
+                Some(Background),
+                None,
+            ),
+            ("", r#"{"propagationPolicy":null}"#, None, None),
+            ("", r#"{"orphanDependents":true}"#, None, Some(true)),
+            // With a body the query is not consulted for the policy.
+            (
+                "propagationPolicy=Bogus",
+                r#"{"propagationPolicy":"Orphan"}"#,
+                Some(Orphan),
+                None,
+            ),
+        ];
+        for (q, body, policy, orphan) in ok {
+            let o = opts(q, body).unwrap_or_else(|e| panic!("{q} {body}: {e:?}"));
+            assert_eq!(o.propagation_policy, *policy, "{q} {body}");
+            assert_eq!(o.orphan_dependents, *orphan, "{q} {body}");
+        }
+        let bad: &[(&str, &str, u16, &str)] = &[
+            (
+                "propagationPolicy=Bogus",
+                "",
+                422,
+                r#"DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: Unsupported value: "Bogus": supported values: "Foreground", "Background", "Orphan", "nil""#,
+            ),
+            (
+                "",
+                r#"{"propagationPolicy":"Orphan","orphanDependents":false}"#,
+                422,
+                r#"DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: Invalid value: "Orphan": orphanDependents and deletionPropagation cannot be both set"#,
+            ),
+            (
+                "orphanDependents=yes",
+                "",
+                400,
+                r#"strconv.ParseBool: parsing "yes": invalid syntax"#,
+            ),
+            (
+                "",
+                r#"{"propagationPolicy":1}"#,
+                400,
+                "json: cannot unmarshal number into Go struct field DeleteOptions.propagationPolicy of type v1.DeletionPropagation",
+            ),
+        ];
+        for (q, body, code, msg) in bad {
+            let e = opts(q, body).expect_err(q);
+            assert_eq!((e.code, e.message.as_str()), (*code, *msg), "{q} {body}");
+        }
+        let e = opts("propagationPolicy=Bogus", "").unwrap_err();
+        let d = e.details.unwrap();
+        assert_eq!(d["group"], json!("meta.k8s.io"));
+        assert_eq!(d["kind"], json!("DeleteOptions"));
+        assert_eq!(d["causes"][0]["reason"], json!("FieldValueNotSupported"));
+    }
+
+    #[test]
+    fn finalizers_for_garbage_collection() {
+        use Propagation::*;
+        let f = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // (policy, orphanDependents, existing finalizers, expected change)
+        type Case<'a> = (
+            Option<Propagation>,
+            Option<bool>,
+            &'a [&'a str],
+            Option<&'a [&'a str]>,
+        );
+        let cases: &[Case] = &[
+            (None, None, &[], None),
+            (Some(Background), None, &[], None),
+            (Some(Foreground), None, &[], Some(&["foregroundDeletion"])),
+            (Some(Orphan), None, &["x"], Some(&["x", "orphan"])),
+            (None, Some(true), &[], Some(&["orphan"])),
+            (None, Some(false), &["orphan"], Some(&[])),
+            // Existing finalizers decide when the options say nothing.
+            (None, None, &["orphan"], None),
+            (None, None, &["foregroundDeletion", "x"], None),
+            // An explicit policy replaces the other one.
+            (
+                Some(Orphan),
+                None,
+                &["foregroundDeletion"],
+                Some(&["orphan"]),
+            ),
+            (
+                Some(Background),
+                None,
+                &["a", "foregroundDeletion"],
+                Some(&["a"]),
+            ),
+            (Some(Foreground), None, &["foregroundDeletion"], None),
+        ];
+        for (policy, orphan, existing, want) in cases {
+            let o = DeleteOptions {
+                propagation_policy: *policy,
+                orphan_dependents: *orphan,
+                ..Default::default()
+            };
+            assert_eq!(
+                o.gc_finalizers(&f(existing)),
+                want.map(f),
+                "{policy:?} {orphan:?} {existing:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn delete_plans() {
+        let now: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let svc = |meta: Value| json!({"metadata": meta, "spec": {}});
+        let pod = |meta: Value, node: &str| json!({"metadata": meta, "spec": {"nodeName": node, "terminationGracePeriodSeconds": 30}});
+        let fg = DeleteOptions {
+            propagation_policy: Some(Propagation::Foreground),
+            ..Default::default()
+        };
+        let bg = DeleteOptions {
+            propagation_policy: Some(Propagation::Background),
+            ..Default::default()
+        };
+        let grace0 = DeleteOptions {
+            grace_period: Some(0),
+            ..Default::default()
+        };
+        type Case<'a> = (&'a str, &'a str, Value, &'a DeleteOptions, Option<Value>);
+        let cases: Vec<Case> = vec![
+            (
+                "plain service",
+                "Service",
+                svc(json!({"name": "a"})),
+                &bg,
+                None,
+            ),
+            (
+                "foreground service",
+                "Service",
+                svc(json!({"name": "a", "generation": 1})),
+                &fg,
+                Some(
+                    json!({"name": "a", "generation": 2, "finalizers": ["foregroundDeletion"], "deletionTimestamp": "2026-01-01T00:00:00Z", "deletionGracePeriodSeconds": 0}),
+                ),
+            ),
+            (
+                "finalizer keeps it",
+                "Service",
+                svc(json!({"name": "a", "finalizers": ["x"]})),
+                &bg,
+                Some(
+                    json!({"name": "a", "finalizers": ["x"], "deletionTimestamp": "2026-01-01T00:00:00Z", "deletionGracePeriodSeconds": 0}),
+                ),
+            ),
+            (
+                "background on a foreground deletion removes the object",
+                "Service",
+                svc(
+                    json!({"name": "a", "finalizers": ["foregroundDeletion"], "deletionTimestamp": "2025-12-31T00:00:00Z", "deletionGracePeriodSeconds": 0}),
+                ),
+                &bg,
+                None,
+            ),
+            (
+                "second foreground delete keeps the earlier timestamp",
+                "Service",
+                svc(
+                    json!({"name": "a", "finalizers": ["foregroundDeletion"], "deletionTimestamp": "2025-12-31T00:00:00Z", "deletionGracePeriodSeconds": 0}),
+                ),
+                &fg,
+                Some(
+                    json!({"name": "a", "finalizers": ["foregroundDeletion"], "deletionTimestamp": "2025-12-31T00:00:00Z", "deletionGracePeriodSeconds": 0}),
+                ),
+            ),
+            (
+                "bound pod waits for its grace period",
+                "Pod",
+                pod(json!({"name": "p"}), "n1"),
+                &bg,
+                Some(
+                    json!({"name": "p", "deletionTimestamp": "2026-01-01T00:00:30Z", "deletionGracePeriodSeconds": 30}),
+                ),
+            ),
+            (
+                "unbound pod goes now",
+                "Pod",
+                pod(json!({"name": "p"}), ""),
+                &bg,
+                None,
+            ),
+            (
+                "unbound pod in foreground waits for dependents",
+                "Pod",
+                pod(json!({"name": "p"}), ""),
+                &fg,
+                Some(
+                    json!({"name": "p", "finalizers": ["foregroundDeletion"], "deletionTimestamp": "2026-01-01T00:00:00Z", "deletionGracePeriodSeconds": 0}),
+                ),
+            ),
+            (
+                "shorter grace period moves the timestamp",
+                "Pod",
+                pod(
+                    json!({"name": "p", "deletionTimestamp": "2026-01-01T00:00:20Z", "deletionGracePeriodSeconds": 30}),
+                    "n1",
+                ),
+                &grace0,
+                None,
+            ),
+            (
+                "shorter grace period with a finalizer",
+                "Pod",
+                pod(
+                    json!({"name": "p", "finalizers": ["x"], "deletionTimestamp": "2026-01-01T00:00:20Z", "deletionGracePeriodSeconds": 30}),
+                    "n1",
+                ),
+                &grace0,
+                Some(
+                    json!({"name": "p", "finalizers": ["x"], "deletionTimestamp": "2025-12-31T23:59:50Z", "deletionGracePeriodSeconds": 0}),
+                ),
+            ),
+        ];
+        for (what, kind, old, o, want) in cases {
+            let got = plan_delete(kind, &old, o, now);
+            let want = match want {
+                None => DeletePlan::Now,
+                Some(meta) => {
+                    let mut v = old.clone();
+                    v["metadata"] = meta;
+                    DeletePlan::Update(v)
+                }
+            };
+            assert_eq!(got, want, "{what}");
+        }
+        // Pending graceful deletion: finalizers cannot change any more.
+        let pending = pod(
+            json!({"name": "p", "deletionTimestamp": "2026-01-01T00:00:20Z", "deletionGracePeriodSeconds": 30}),
+            "n1",
+        );
+        assert_eq!(plan_delete("Pod", &pending, &fg, now), DeletePlan::Pending);
     }
 }
 
