@@ -10,6 +10,7 @@
 pub mod cli;
 mod endpoints;
 pub mod events;
+pub mod gc;
 pub mod kubernetes_service;
 pub mod lb;
 mod queue;
@@ -112,6 +113,7 @@ pub async fn start(
     let shared = Arc::new(world::Shared::new(client, opts.clone(), recorder));
     let mut tasks = world::start_informers(&shared, &shutdown);
     tasks.push(recorder_task);
+    tasks.extend(gc::start(shared.client.clone(), &shutdown));
 
     let slice_triggers = Arc::new(trigger::TriggerTimes::default());
     tasks.extend(spawn_workers(
