@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
+use portico_core::duration::parse_go_duration as parse_duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::Options;
@@ -78,34 +78,6 @@ impl Args {
     }
 }
 
-/// Parses "250ms", "2s", "1m", "1h" or a bare number of seconds.
-pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let v = value.trim();
-    let (number, unit) = v
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map_or((v, "s"), |i| v.split_at(i));
-    let n: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {value:?}"))?;
-    let seconds = match unit {
-        "ns" => n / 1e9,
-        "us" | "µs" => n / 1e6,
-        "ms" => n / 1e3,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "invalid duration unit in {value:?} (use ms, s, m or h)"
-            ));
-        }
-    };
-    if !seconds.is_finite() || seconds < 0.0 {
-        return Err(format!("invalid duration {value:?}"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
 fn bounded(value: &str, max: usize) -> Result<usize, String> {
     match value.trim().parse::<usize>() {
         Ok(n) if (1..=max).contains(&n) => Ok(n),
@@ -125,19 +97,7 @@ fn parse_pools(value: &str) -> Result<Pools, String> {
     value.parse()
 }
 
-/// Builds a client from `--kubeconfig` (or the usual inference).
-pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await?
-        }
-        None => kube::Config::infer().await?,
-    };
-    Ok(kube::Client::try_from(config)?)
-}
+pub use portico_client::client;
 
 /// Runs the controllers until Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -201,7 +161,5 @@ mod tests {
         assert!(
             Cli::try_parse_from(["x", "--load-balancer-ip-range", "10.0.0.9-10.0.0.1"]).is_err()
         );
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("5 parsecs").is_err());
     }
 }

@@ -6,6 +6,7 @@
 //! Must not: do I/O of any kind (no sockets, files, clocks or randomness it was not handed),
 //! so every rule is testable case by case with tables.
 
+pub mod duration;
 pub mod endpointslice;
 pub mod envvars;
 pub mod field;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use portico_core::duration::parse_go_duration as parse_duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::proxier::{Options, ProxyMode, start};
@@ -55,46 +56,6 @@ pub struct Args {
     pub userspace_udp_idle_timeout: Duration,
 }
 
-/// Parses a Go-style duration: a sequence of number+unit (ns, us, µs, ms, s, m, h).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    if rest.is_empty() {
-        return Err("empty duration".into());
-    }
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_len == 0 {
-            return Err(format!("invalid duration {s:?}"));
-        }
-        let value: f64 = rest[..num_len]
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}"))?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            u => return Err(format!("unknown unit {u:?} in duration {s:?}")),
-        };
-        rest = &rest[unit_len..];
-        total += value * scale;
-    }
-    Ok(Duration::from_secs_f64(total))
-}
-
 fn parse_bind(s: &str, flag: &str) -> anyhow::Result<Option<SocketAddr>> {
     if s.trim().is_empty() {
         return Ok(None);
@@ -141,19 +102,7 @@ impl Args {
     }
 }
 
-/// A client for `--kubeconfig` (or the default chain when unset).
-pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| anyhow::anyhow!("reading kubeconfig {}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await?
-        }
-        None => kube::Config::infer().await?,
-    };
-    Ok(kube::Client::try_from(config)?)
-}
+pub use portico_client::client;
 
 /// Runs `portico proxy` until Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -175,27 +124,4 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     shutdown.cancel();
     handle.join().await;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn go_durations() {
-        let cases = [
-            ("1s", Some(1000)),
-            ("500ms", Some(500)),
-            ("1m30s", Some(90_000)),
-            ("1.5s", Some(1500)),
-            ("0", Some(0)),
-            ("10", None),
-            ("", None),
-            ("1x", None),
-        ];
-        for (input, want) in cases {
-            let got = parse_duration(input).ok().map(|d| d.as_millis() as u64);
-            assert_eq!(got, want, "{input}");
-        }
-    }
 }
