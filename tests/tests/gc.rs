@@ -1,0 +1,261 @@
+//! Garbage collection end to end: kubectl 1.33 against `portico up` deleting a Service that
+//! owns Pods and EndpointSlices, with the Background (default), Foreground and Orphan cascades.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use portico_e2e::{Portico, kubectl_dir};
+use serde_json::{Value, json};
+
+const UP: &[&str] = &["--dns-address", "127.0.0.1:0", "--proxy-mode", "none"];
+
+struct Kubectl {
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+    cache: tempfile::TempDir,
+    work: tempfile::TempDir,
+}
+
+impl Kubectl {
+    fn new(p: &Portico) -> Kubectl {
+        let dir = kubectl_dir().expect("kubectl on PATH");
+        Kubectl {
+            bin: dir.join("kubectl.1.33"),
+            kubeconfig: p.kubeconfig.clone(),
+            cache: tempfile::tempdir().unwrap(),
+            work: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(&self.bin)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.cache.path())
+            .args(args)
+            .current_dir(self.work.path())
+            .output()
+            .expect("run kubectl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, so, se) = self.run(args);
+        assert!(ok, "kubectl {args:?} failed:\nstdout: {so}\nstderr: {se}");
+        so
+    }
+    /// The object as JSON, or `None` once it is gone.
+    fn get(&self, kind: &str, name: &str) -> Option<Value> {
+        let (ok, so, se) = self.run(&["get", kind, name, "-o", "json"]);
+        if ok {
+            Some(serde_json::from_str(&so).expect("kubectl json"))
+        } else {
+            assert!(se.contains("NotFound"), "kubectl get {kind} {name}: {se}");
+            None
+        }
+    }
+    fn apply(&self, name: &str, yaml: &str) {
+        std::fs::write(self.work.path().join(name), yaml).unwrap();
+        self.ok(&["apply", "-f", name]);
+    }
+    fn uid(&self, kind: &str, name: &str) -> String {
+        self.ok(&["get", kind, name, "-o", "jsonpath={.metadata.uid}"])
+    }
+    fn slices(&self, svc: &str) -> Vec<Value> {
+        let label = format!("kubernetes.io/service-name={svc}");
+        let so = self.ok(&["get", "endpointslices", "-l", &label, "-o", "json"]);
+        let v: Value = serde_json::from_str(&so).expect("kubectl json");
+        v["items"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// Polls `check` for up to 20 s; panics with the last state otherwise.
+fn eventually<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(state) if Instant::now() >= deadline => panic!("{what} did not happen: {state}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn gone(k: &Kubectl, kind: &str, name: &str) {
+    eventually(&format!("{kind} {name} deleted"), || {
+        match k.get(kind, name) {
+            None => Ok(()),
+            Some(v) => Err(format!("{:#}", v["metadata"])),
+        }
+    });
+}
+
+fn svc_yaml(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  selector: {{app: {name}}}\n  ports:\n  - {{name: http, port: 80, targetPort: 8080}}\n"
+    )
+}
+
+/// A Service, a ready Pod it selects and owns (blockOwnerDeletion), the EndpointSlice the
+/// controller makes for it, and one more slice owned by it that no controller manages.
+fn owned_set(k: &Kubectl, name: &str, node: Option<&str>) -> String {
+    k.apply(&format!("{name}-svc.yaml"), &svc_yaml(name));
+    let uid = k.uid("svc", name);
+    let owner = format!(
+        "  ownerReferences:\n  - {{apiVersion: v1, kind: Service, name: {name}, uid: {uid}, blockOwnerDeletion: true}}\n"
+    );
+    let node = node
+        .map(|n| format!("  nodeName: {n}\n"))
+        .unwrap_or_default();
+    k.apply(
+        &format!("{name}-pod.yaml"),
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}-pod\n  labels: {{app: {name}}}\n{owner}spec:\n{node}  containers:\n  - name: c\n    image: example.invalid/app\n"
+        ),
+    );
+    let patch = json!({"status": {"phase": "Running", "podIP": "10.244.0.9", "podIPs": [{"ip": "10.244.0.9"}],
+        "conditions": [{"type": "Ready", "status": "True"}]}})
+    .to_string();
+    k.ok(&[
+        "patch",
+        "pod",
+        &format!("{name}-pod"),
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+    k.apply(
+        &format!("{name}-slice.yaml"),
+        &format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-extra\n  labels: {{kubernetes.io/service-name: {name}, endpointslice.kubernetes.io/managed-by: by-hand.example.com}}\n{owner}addressType: IPv4\nendpoints:\n- addresses: [192.0.2.1]\nports:\n- {{name: http, port: 8080}}\n"
+        ),
+    );
+    eventually(&format!("the controller's slice for {name}"), || {
+        let s = k.slices(name);
+        let managed = s.iter().find(|s| {
+            s["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"]
+                == json!("endpointslice-controller.k8s.io")
+                && !s["endpoints"].as_array().is_none_or(Vec::is_empty)
+        });
+        match managed {
+            Some(m) if m["metadata"]["ownerReferences"][0]["uid"] == json!(uid) => Ok(()),
+            _ => Err(format!("{s:#?}")),
+        }
+    });
+    uid
+}
+
+fn has_finalizer(obj: &Value, f: &str) -> bool {
+    obj["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|fs| fs.contains(&json!(f)))
+}
+
+#[test]
+fn cascading_deletion_with_kubectl() {
+    let p = Portico::start_command("up", UP).expect("start portico up");
+    let k = Kubectl::new(&p);
+    k.apply(
+        "node.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-a\n",
+    );
+
+    // An owner that never existed: the dependent is collected.
+    k.apply(
+        "stray.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: stray\n  ownerReferences:\n  - {apiVersion: v1, kind: Service, name: nothere, uid: 6d1c3e0a-0000-4000-8000-000000000000}\nspec:\n  containers:\n  - {name: c, image: example.invalid/app}\n",
+    );
+    gone(&k, "pod", "stray");
+
+    // Background (kubectl's default): the Service goes at once, its dependents after it.
+    owned_set(&k, "bg", None);
+    let out = k.ok(&["delete", "svc", "bg"]);
+    assert!(out.contains("service \"bg\" deleted"), "{out}");
+    gone(&k, "pod", "bg-pod");
+    gone(&k, "endpointslice", "bg-extra");
+    eventually("no slices for bg", || {
+        let s = k.slices("bg");
+        if s.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{s:#?}"))
+        }
+    });
+
+    // Foreground: the Service stays, marked, while its bound pod waits for its grace period.
+    owned_set(&k, "fg", Some("node-a"));
+    k.ok(&[
+        "delete",
+        "svc",
+        "fg",
+        "--cascade=foreground",
+        "--wait=false",
+    ]);
+    let svc = k
+        .get("svc", "fg")
+        .expect("fg is kept while dependents exist");
+    assert!(
+        svc["metadata"]["deletionTimestamp"].is_string(),
+        "{:#}",
+        svc["metadata"]
+    );
+    assert!(
+        has_finalizer(&svc, "foregroundDeletion"),
+        "{:#}",
+        svc["metadata"]
+    );
+    gone(&k, "endpointslice", "fg-extra");
+    let pod = eventually("fg-pod deleted gracefully by the collector", || {
+        match k.get("pod", "fg-pod") {
+            Some(p) if p["metadata"]["deletionTimestamp"].is_string() => Ok(p),
+            other => Err(format!("{other:#?}")),
+        }
+    });
+    assert_eq!(
+        pod["metadata"]["deletionGracePeriodSeconds"],
+        json!(30),
+        "{pod:#}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let svc = k.get("svc", "fg").expect("fg waits for its blocking pod");
+    assert!(has_finalizer(&svc, "foregroundDeletion"), "{svc:#}");
+    // The kubelet confirms the pod's termination; then the Service goes too.
+    k.ok(&["delete", "pod", "fg-pod", "--grace-period=0", "--force"]);
+    gone(&k, "svc", "fg");
+    assert!(k.slices("fg").is_empty(), "{:#?}", k.slices("fg"));
+
+    // Orphan: the Service goes once its dependents no longer reference it.
+    owned_set(&k, "keep", None);
+    let out = k.ok(&["delete", "svc", "keep", "--cascade=orphan"]);
+    assert!(out.contains("service \"keep\" deleted"), "{out}");
+    assert!(k.get("svc", "keep").is_none());
+    for (kind, name) in [("pod", "keep-pod"), ("endpointslice", "keep-extra")] {
+        let obj = k
+            .get(kind, name)
+            .unwrap_or_else(|| panic!("{kind} {name} orphaned, not deleted"));
+        assert!(
+            obj["metadata"]["ownerReferences"].is_null(),
+            "{kind} {name}: {:#}",
+            obj["metadata"]
+        );
+    }
+
+    // Unsupported policies are refused like kube-apiserver does.
+    k.apply("bad.yaml", &svc_yaml("bad"));
+    let (ok, _, err) = k.run(&[
+        "delete",
+        "--raw",
+        "/api/v1/namespaces/default/services/bad?propagationPolicy=Sideways",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains(r#"propagationPolicy: Unsupported value: "Sideways": supported values: "Foreground", "Background", "Orphan", "nil""#),
+        "{err}"
+    );
+    assert!(k.get("svc", "bad").is_some());
+}
