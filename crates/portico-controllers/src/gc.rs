@@ -46,6 +46,14 @@ pub struct Kind {
     pub namespaced: bool,
 }
 
+impl Kind {
+    /// The collector waits for this kind's first list before it works. API servers before
+    /// 1.33 do not serve the networking.k8s.io kinds, which must not stall it.
+    fn gates_start(&self) -> bool {
+        self.group != "networking.k8s.io"
+    }
+}
+
 const fn kind(
     group: &'static str,
     kind: &'static str,
@@ -193,6 +201,14 @@ impl Graph {
             return Work::OrphanDependents(node.clone());
         }
         if node.deleting {
+            return Work::Nothing;
+        }
+        // A reference that can never resolve keeps the dependent (see `decide`): no lookups.
+        if node
+            .owners
+            .iter()
+            .any(|r| owner_location(node.kind, &node.namespace, r).is_none())
+        {
             return Work::Nothing;
         }
         let check = node
@@ -462,7 +478,8 @@ impl Gc {
     async fn wait_synced(&self) {
         loop {
             let notified = self.synced.notified();
-            if self.synced_kinds.load(Ordering::SeqCst) >= KINDS.len() {
+            let needed = KINDS.iter().filter(|k| k.gates_start()).count();
+            if self.synced_kinds.load(Ordering::SeqCst) >= needed {
                 return;
             }
             notified.await;
@@ -715,7 +732,7 @@ fn spawn_watch(
                 }
                 Some(Ok(watcher::Event::InitDone)) => {
                     let wake = gc.graph().relist(kind, std::mem::take(&mut buffer));
-                    if !counted {
+                    if !counted && kind.gates_start() {
                         counted = true;
                         gc.synced_kinds.fetch_add(1, Ordering::SeqCst);
                         gc.synced.notify_waiters();
@@ -1045,6 +1062,23 @@ mod tests {
             (
                 node("Pod", "team", "d", vec![svc_ref("api", "s1", false)]),
                 true,
+            ),
+            // References that can never resolve: left alone without a lookup.
+            (
+                node(
+                    "Pod",
+                    "team",
+                    "f",
+                    vec![
+                        oref("apps/v1", "ReplicaSet", "rs", "r1", true),
+                        svc_ref("gone", "s9", false),
+                    ],
+                ),
+                false,
+            ),
+            (
+                node("Node", "", "g", vec![svc_ref("web", "s9", false)]),
+                false,
             ),
             (
                 node(
