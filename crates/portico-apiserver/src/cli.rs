@@ -53,6 +53,11 @@ pub struct Args {
     /// (the API server's own included) are local processes.
     #[arg(long)]
     pub allow_loopback_endpoints: bool,
+    /// More bearer tokens, in upstream's format: `token,user,uid[,"group1,group2"]` per line.
+    /// Users in group system:masters may do anything; others get the fixed policy described
+    /// in ARCHITECTURE.md (discovery only, unless they are a known node agent).
+    #[arg(long)]
+    pub token_auth_file: Option<PathBuf>,
 }
 
 impl Default for Args {
@@ -67,6 +72,7 @@ impl Default for Args {
             service_node_port_range: "30000-32767".into(),
             cluster_domain: "cluster.local".into(),
             allow_loopback_endpoints: false,
+            token_auth_file: None,
         }
     }
 }
@@ -106,6 +112,9 @@ pub struct Running {
     pub kubeconfig_path: PathBuf,
     /// A kubeconfig authenticating with the admin client certificate.
     pub cert_kubeconfig_path: PathBuf,
+    /// Least-privileged kubeconfigs for node agents: `kube-proxy` and `dns` (user
+    /// system:kube-proxy and system:portico-dns).
+    pub component_kubeconfigs: Vec<(&'static str, PathBuf)>,
     /// An authenticated admin client, for in-process components.
     pub client: kube::Client,
     /// The store behind the server.
@@ -118,6 +127,20 @@ pub struct Running {
 }
 
 impl Running {
+    /// A client with the rights of node agent `component` (`kube-proxy` or `dns`), so
+    /// in-process agents run with exactly what they would have on their own.
+    pub async fn component_client(&self, component: &str) -> Result<kube::Client> {
+        let (_, path) = self
+            .component_kubeconfigs
+            .iter()
+            .find(|(name, _)| *name == component)
+            .with_context(|| format!("no kubeconfig for component {component:?}"))?;
+        let kc = kube::config::Kubeconfig::read_from(path)?;
+        let cfg =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await?;
+        Ok(kube::Client::try_from(cfg)?)
+    }
     /// A token that stops the server when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -264,10 +287,31 @@ pub async fn start_with_store(args: Args, store: Arc<dyn Store>) -> Result<Runni
         &pki.cert_kubeconfig(&url),
     )?;
 
+    let mut tokens = vec![(pki.admin_token.clone(), crate::authz::User::admin())];
+    let mut component_kubeconfigs = Vec::new();
+    for ((component, _), (token, user)) in crate::pki::COMPONENT_USERS
+        .iter()
+        .zip(crate::pki::ensure_component_tokens(&args.data_dir)?)
+    {
+        let path = crate::pki::write_kubeconfig(
+            &args.data_dir.join(format!("{component}.kubeconfig")),
+            &pki.token_kubeconfig(&url, component, &token),
+        )?;
+        component_kubeconfigs.push((*component, path));
+        tokens.push((token, user));
+    }
+    if let Some(path) = &args.token_auth_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--token-auth-file: reading {}", path.display()))?;
+        let extra = crate::authz::parse_token_file(&text)
+            .map_err(|e| anyhow::anyhow!("--token-auth-file {}: {e}", path.display()))?;
+        tokens.extend(extra);
+    }
+
     let srv = Arc::new(Server {
         api: api.clone(),
         metrics: Default::default(),
-        tokens: vec![pki.admin_token.clone()],
+        tokens,
         ready: Default::default(),
         server_address: format!("{}:{}", host, addr.port()),
     });
@@ -288,6 +332,7 @@ pub async fn start_with_store(args: Args, store: Arc<dyn Store>) -> Result<Runni
         addr,
         kubeconfig_path,
         cert_kubeconfig_path,
+        component_kubeconfigs,
         client,
         store,
         url,

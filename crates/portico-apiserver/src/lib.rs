@@ -5,6 +5,7 @@
 //! semantics, and the per-kind strategies (Service allocation lives in `service`).
 //! Must not: run controllers or data-plane logic; those talk to it only through the API.
 
+pub mod authz;
 pub mod cli;
 pub mod codec;
 pub mod discovery;

@@ -124,9 +124,7 @@ pub fn ensure(dir: &Path, sans: &[String]) -> Result<Pki> {
     let admin_token = match read(&token_p) {
         Some(t) => t.trim().to_string(),
         None => {
-            use rand::Rng;
-            let bytes: [u8; 32] = rand::rng().random();
-            let t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+            let t = new_token();
             write_private(&token_p, &t)?;
             t
         }
@@ -172,11 +170,15 @@ impl Pki {
 
     /// The admin kubeconfig (bearer token) for `server`.
     pub fn kubeconfig(&self, server: &str) -> String {
+        self.token_kubeconfig(server, "admin", &self.admin_token)
+    }
+
+    /// A kubeconfig that authenticates as `user` with a bearer token.
+    pub fn token_kubeconfig(&self, server: &str, user: &str, token: &str) -> String {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: portico\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\ncontexts:\n- name: portico\n  context:\n    cluster: portico\n    user: admin\n    namespace: default\ncurrent-context: portico\nusers:\n- name: admin\n  user:\n    token: {}\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: portico\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\ncontexts:\n- name: portico\n  context:\n    cluster: portico\n    user: {user}\n    namespace: default\ncurrent-context: portico\nusers:\n- name: {user}\n  user:\n    token: {token}\n",
             b64(&self.ca_pem),
-            self.admin_token
         )
     }
 
@@ -217,6 +219,48 @@ fn ca_params() -> CertificateParams {
     p.not_before = time_from!(now - 3600);
     p.not_after = time_from!(now + 10 * 365 * 86400);
     p
+}
+
+fn new_token() -> String {
+    use rand::Rng;
+    let bytes: [u8; 32] = rand::rng().random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The least-privileged identities of the node agents, each with its own token.
+pub const COMPONENT_USERS: [(&str, &str); 2] = [
+    ("kube-proxy", crate::authz::KUBE_PROXY),
+    ("dns", crate::authz::DNS),
+];
+
+/// Loads or creates `dir/component-tokens.csv` (in `--token-auth-file` format): one token per
+/// entry of [`COMPONENT_USERS`], so `portico proxy` and `portico dns` need no admin rights.
+pub fn ensure_component_tokens(dir: &Path) -> Result<Vec<(String, crate::authz::User)>> {
+    let path = dir.join("component-tokens.csv");
+    let mut known = match read(&path) {
+        Some(text) => crate::authz::parse_token_file(&text).map_err(|e| {
+            anyhow::anyhow!("{}: {e} (delete the file to regenerate it)", path.display())
+        })?,
+        None => Default::default(),
+    };
+    let mut lines = String::new();
+    let mut out = Vec::new();
+    for (_, user) in COMPONENT_USERS {
+        let token = known
+            .iter()
+            .find(|(_, u)| u.name == user)
+            .map(|(t, _)| t.clone())
+            .unwrap_or_else(new_token);
+        let u = known
+            .remove(&token)
+            .unwrap_or_else(|| crate::authz::User::new(user, &[]));
+        lines.push_str(&format!("{token},{user},{user}\n"));
+        out.push((token, u));
+    }
+    if read(&path).as_deref() != Some(lines.as_str()) {
+        write_private(&path, &lines)?;
+    }
+    Ok(out)
 }
 
 /// Writes `path` atomically with owner-only permissions.

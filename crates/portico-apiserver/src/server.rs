@@ -17,6 +17,7 @@ use http_body_util::BodyExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::authz::{self, Action, User};
 use crate::codec;
 use crate::discovery;
 use crate::error::ApiError;
@@ -26,15 +27,16 @@ use crate::metrics::{Labels, Metrics};
 /// Largest request body accepted (upstream's 3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
-/// Marks a request that arrived with a verified client certificate.
+/// The user named by a verified client certificate, attached to each request of the connection.
 #[derive(Clone, Debug)]
-pub struct ClientCertUser(pub String);
+pub struct ClientCertUser(pub User);
 
 /// Router state.
 pub struct Server {
     pub api: Arc<Api>,
     pub metrics: Metrics,
-    pub tokens: Vec<String>,
+    /// Bearer tokens and whom they authenticate.
+    pub tokens: Vec<(String, User)>,
     pub ready: AtomicBool,
     pub server_address: String,
 }
@@ -49,24 +51,77 @@ fn is_health(path: &str) -> bool {
         .any(|p| path == *p || path.starts_with(&format!("{p}/")))
 }
 
-fn authenticated(server: &Server, req: &Request) -> bool {
-    if req.extensions().get::<ClientCertUser>().is_some() {
-        return true;
+fn authenticate(server: &Server, req: &Request) -> Option<User> {
+    if let Some(ClientCertUser(user)) = req.extensions().get::<ClientCertUser>() {
+        return Some(user.clone());
     }
-    let Some(auth) = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let Some(token) = auth.strip_prefix("Bearer ").map(str::trim) else {
-        return false;
-    };
+    let auth = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = auth.strip_prefix("Bearer ").map(str::trim)?;
+    // Compare with every token so the time taken does not tell which one nearly matched.
     server
         .tokens
         .iter()
-        .any(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+        .fold(None, |found, (known, user)| {
+            let matches = constant_time_eq(known.as_bytes(), token.as_bytes());
+            found.or(matches.then_some(user))
+        })
+        .cloned()
+}
+
+/// The authorizer's view of a request: its verb, resource and scope.
+fn action<'a>(method: &Method, target: Option<&'a Target>, q: &Query, path: &'a str) -> Action<'a> {
+    let Some(t) = target else {
+        let verb = match *method {
+            Method::GET => "get",
+            Method::HEAD => "head",
+            Method::POST => "post",
+            Method::PUT => "put",
+            Method::PATCH => "patch",
+            Method::DELETE => "delete",
+            _ => "options",
+        };
+        return Action::NonResource { verb, path };
+    };
+    let (info, ns, name, sub, collection) = match t {
+        Target::Collection { info, ns } => (*info, ns.as_deref(), None, None, true),
+        Target::Object {
+            info,
+            ns,
+            name,
+            sub,
+        } => (
+            *info,
+            ns.as_deref(),
+            Some(name.as_str()),
+            sub.as_deref(),
+            false,
+        ),
+    };
+    let verb = match (method.as_str(), collection) {
+        ("GET" | "HEAD", _) if q.flag("watch") => "watch",
+        ("GET" | "HEAD", true) => "list",
+        ("GET" | "HEAD", false) => "get",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "deletecollection",
+        ("DELETE", false) => "delete",
+        _ => "unknown",
+    };
+    // Upstream scopes a namespace object to itself.
+    let namespace = if info.plural == "namespaces" {
+        name.or(ns)
+    } else {
+        ns
+    };
+    Action::Resource {
+        verb,
+        api_group: info.group,
+        resource: info.plural,
+        subresource: sub,
+        namespace,
+        name,
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -105,9 +160,9 @@ async fn handle(State(server): State<Arc<Server>>, req: Request) -> Response {
         }
         return text(StatusCode::OK, "ok");
     }
-    if !authenticated(&server, &req) {
+    let Some(user) = authenticate(&server, &req) else {
         return ApiError::unauthorized().into_response();
-    }
+    };
     let method = req.method().clone();
     let query = req.uri().query().map(String::from);
     let (parts, body) = req.into_parts();
@@ -116,6 +171,9 @@ async fn handle(State(server): State<Arc<Server>>, req: Request) -> Response {
         Ok(q) => q,
         Err(e) => return e.into_response(),
     };
+    if let Err(e) = authz::authorize(&user, &action(&method, target.as_ref(), &q, &path)) {
+        return e.into_response();
+    }
     let labels = metric_labels(&method, target.as_ref(), &q, &parts.headers);
     let resp = match read_body(body).await {
         Err(e) => e.into_response(),
@@ -298,7 +356,8 @@ pub async fn serve_tls(
                 .1
                 .peer_certificates()
                 .and_then(|c| c.first())
-                .map(|_| ClientCertUser("kubernetes-admin".into()));
+                .and_then(|der| authz::user_from_certificate(der))
+                .map(ClientCertUser);
             let svc =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let mut req = req.map(Body::new);

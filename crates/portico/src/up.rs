@@ -201,7 +201,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         portico_controllers::start(client.clone(), controller_options, shutdown.clone())
             .await
             .context("starting the controllers")?;
-    let dns = portico_dns::start(client.clone(), dns_options, shutdown.clone())
+    // The node agents run with their own least-privileged identities, exactly as they would
+    // on other machines, so `portico up` proves the policy gives them enough.
+    let dns_client = running.component_client("dns").await?;
+    let dns = portico_dns::start(dns_client, dns_options, shutdown.clone())
         .await
         .with_context(|| {
             format!(
@@ -211,9 +214,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         })?;
     let proxy = match proxy_options {
         Some(options) => Some(
-            portico_proxy::start(client.clone(), options, shutdown.clone())
-                .await
-                .context("starting the proxy")?,
+            portico_proxy::start(
+                running.component_client("kube-proxy").await?,
+                options,
+                shutdown.clone(),
+            )
+            .await
+            .context("starting the proxy")?,
         ),
         None => None,
     };
