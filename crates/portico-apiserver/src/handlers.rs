@@ -1349,26 +1349,20 @@ impl Api {
             if let Some(uid) = &opts.uid
                 && object::meta_str(&old, "uid") != Some(uid.as_str())
             {
-                let mut e = ApiError::conflict(info.resource(), name);
-                e.message = format!(
-                    "Operation cannot be fulfilled on {} {:?}: Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    info.qualified_plural(),
-                    name,
-                    object::meta_str(&old, "uid").unwrap_or("")
-                );
-                return Err(e);
+                let have = object::meta_str(&old, "uid").unwrap_or("");
+                return Err(precondition_conflict(info, name, "UID", uid, have));
             }
             if let Some(rv) = &opts.resource_version
                 && *rv != kv.mod_revision.to_string()
             {
-                let mut e = ApiError::conflict(info.resource(), name);
-                e.message = format!(
-                    "Operation cannot be fulfilled on {} {:?}: Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                    info.qualified_plural(),
+                let have = kv.mod_revision.to_string();
+                return Err(precondition_conflict(
+                    info,
                     name,
-                    kv.mod_revision
-                );
-                return Err(e);
+                    "ResourceVersion",
+                    rv,
+                    &have,
+                ));
             }
             // Namespaces: mark Terminating; the cleanup task empties and removes them.
             if info.plural == "namespaces" {
@@ -1842,6 +1836,45 @@ fn json_type_name(v: &Value) -> &'static str {
     }
 }
 
+/// A failed delete precondition. Namespaces answer from their own registry ("Precondition
+/// failed: …" on `namespaces`); every other kind from upstream's `BeforeDelete`, which names
+/// the Kind.
+fn precondition_conflict(
+    info: &ResourceInfo,
+    name: &str,
+    field: &str,
+    want: &str,
+    have: &str,
+) -> ApiError {
+    let mut e = ApiError::conflict(info.resource(), name);
+    if info.plural == "namespaces" {
+        e.message = format!(
+            "Operation cannot be fulfilled on {} {name:?}: Precondition failed: {field} in precondition: {want}, {field} in object meta: {have}",
+            info.qualified_plural()
+        );
+        return e;
+    }
+    let kind = if info.group.is_empty() {
+        info.kind.to_string()
+    } else {
+        format!("{}.{}", info.kind, info.group)
+    };
+    let why = if field == "UID" {
+        "The object might have been deleted and then recreated"
+    } else {
+        "The object might have been modified"
+    };
+    e.message = format!(
+        "Operation cannot be fulfilled on {kind} {name:?}: the {field} in the precondition ({want}) does not match the {field} in record ({have}). {why}"
+    );
+    let mut details = json!({"name": name, "kind": info.kind});
+    if !info.group.is_empty() {
+        details["group"] = json!(info.group);
+    }
+    e.details = Some(details);
+    e
+}
+
 /// What one DELETE does to a stored object.
 #[derive(Debug, Clone, PartialEq)]
 enum DeletePlan {
@@ -2034,6 +2067,34 @@ mod delete_tests {
         assert_eq!(d["group"], json!("meta.k8s.io"));
         assert_eq!(d["kind"], json!("DeleteOptions"));
         assert_eq!(d["causes"][0]["reason"], json!("FieldValueNotSupported"));
+    }
+
+    #[test]
+    fn precondition_messages() {
+        let svc = resources::by_plural("services").unwrap();
+        let slices = resources::by_plural("endpointslices").unwrap();
+        let nss = resources::by_plural("namespaces").unwrap();
+        let cases = [
+            (
+                svc,
+                "UID",
+                r#"Operation cannot be fulfilled on Service "web": the UID in the precondition (a) does not match the UID in record (b). The object might have been deleted and then recreated"#,
+            ),
+            (
+                slices,
+                "ResourceVersion",
+                r#"Operation cannot be fulfilled on EndpointSlice.discovery.k8s.io "web": the ResourceVersion in the precondition (a) does not match the ResourceVersion in record (b). The object might have been modified"#,
+            ),
+            (
+                nss,
+                "UID",
+                r#"Operation cannot be fulfilled on namespaces "web": Precondition failed: UID in precondition: a, UID in object meta: b"#,
+            ),
+        ];
+        for (info, field, want) in cases {
+            let e = precondition_conflict(info, "web", field, "a", "b");
+            assert_eq!((e.code, e.message.as_str()), (409, want));
+        }
     }
 
     #[test]
