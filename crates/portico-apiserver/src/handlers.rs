@@ -28,7 +28,7 @@ use crate::hooks::{ObjectHooks, Prepared, WriteContext};
 use crate::keys;
 use crate::object::{self, meta_mut};
 use crate::resources::{self, ResourceInfo};
-use crate::watchcache::{CacheEvent, EventType, WatchCache};
+use crate::watchcache::{CacheEvent, CachedObject, EventType, WatchCache};
 
 /// How many times a write is retried when it lost a race (object or hook compare).
 const RETRIES: usize = 8;
@@ -238,6 +238,18 @@ impl Filter {
                 .fields
                 .matches(&|f| resources::field_value(self.info, obj, f))
     }
+    /// `matches` on the compact form (the same answers, from the pre-extracted fields).
+    fn matches_cached(&self, obj: &CachedObject) -> bool {
+        if let Some(ns) = &self.ns
+            && (obj.namespace().is_empty() || obj.namespace() != ns.as_str())
+        {
+            return false;
+        }
+        if !self.labels.is_everything() && !self.labels.matches(obj.labels()) {
+            return false;
+        }
+        self.fields.is_empty() || self.fields.matches(&|f| obj.field(f))
+    }
 }
 
 fn include_object(q: &Query) -> &str {
@@ -263,6 +275,48 @@ fn parse_rv(s: &str) -> Result<Revision, ApiError> {
         .ok()
         .filter(|r| *r >= 0)
         .ok_or_else(|| ApiError::bad_request(format!("invalid resource version: {s:?}")))
+}
+
+/// A JSON list response written from already-encoded items: `{"apiVersion":…,"items":[…],
+/// "kind":…,"metadata":{…}}` in the key order `serde_json` gives a `Value`, in one buffer of
+/// the final size.
+fn list_response(
+    info: &ResourceInfo,
+    rev: Revision,
+    next: Option<&str>,
+    items: &[Arc<CachedObject>],
+) -> Response {
+    let size: usize = items.iter().map(|o| o.json().len() + 1).sum();
+    let mut body = Vec::with_capacity(size + 256);
+    let string = |body: &mut Vec<u8>, s: &str| {
+        let _ = serde_json::to_writer(&mut *body, s);
+    };
+    body.extend_from_slice(b"{\"apiVersion\":");
+    string(&mut body, &info.api_version());
+    body.extend_from_slice(b",\"items\":[");
+    for (i, obj) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(obj.json());
+    }
+    body.extend_from_slice(b"],\"kind\":");
+    string(&mut body, &info.list_kind());
+    body.extend_from_slice(b",\"metadata\":{");
+    if let Some(c) = next {
+        body.extend_from_slice(b"\"continue\":");
+        string(&mut body, c);
+        body.push(b',');
+    }
+    body.extend_from_slice(b"\"resourceVersion\":");
+    string(&mut body, &rev.to_string());
+    body.extend_from_slice(b"}}");
+    let mut resp = Response::new(Body::from(body));
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 fn key_of(info: &ResourceInfo, ns: Option<&str>, name: &str) -> String {
@@ -471,7 +525,9 @@ impl Api {
             }
         }
 
-        let mut items: Vec<Value> = Vec::new();
+        // Matching objects in key order, each already encoded with its resourceVersion:
+        // the response is their bytes joined, never a `Value` tree of the whole list.
+        let mut items: Vec<Arc<CachedObject>> = Vec::new();
         let mut next: Option<String> = None;
         let list_rev: Revision;
         if rv == Some("0") && cont.is_none() && rv_match != Some("Exact") {
@@ -480,9 +536,8 @@ impl Api {
             let (objs, rev) = cache.snapshot(&prefix);
             list_rev = rev.max(1);
             items = objs
-                .iter()
-                .filter(|o| filter.matches(o))
-                .map(|o| (**o).clone())
+                .into_iter()
+                .filter(|o| filter.matches_cached(o))
                 .collect();
         } else {
             let (mut start, mut at) = match cont {
@@ -517,12 +572,15 @@ impl Api {
                     .map_err(|e| continue_error(e, cont.is_some()))?;
                 at = Some(page.revision);
                 let n = page.kvs.len();
-                for (i, kv) in page.kvs.iter().enumerate() {
-                    let obj = object::decode_stored(kv)?;
-                    if filter.matches(&obj) {
-                        items.push(obj);
+                let more = page.more;
+                start = page.kvs.last().map(|kv| kv.key.clone());
+                // Each stored value is dropped as soon as it is encoded.
+                for (i, kv) in page.kvs.into_iter().enumerate() {
+                    let obj = CachedObject::from_stored(info, &kv)?;
+                    if filter.matches_cached(&obj) {
+                        items.push(Arc::new(obj));
                         if limit > 0 && items.len() == limit {
-                            if i + 1 < n || page.more {
+                            if i + 1 < n || more {
                                 next =
                                     Some(encode_continue(page.revision, &kv.key[prefix.len()..]));
                             }
@@ -530,29 +588,34 @@ impl Api {
                         }
                     }
                 }
-                if !page.more || n == 0 {
+                if !more || n == 0 {
                     break;
                 }
-                start = page.kvs.last().map(|kv| kv.key.clone());
             }
             list_rev = at.unwrap_or(0);
         }
-        let mut meta = json!({"resourceVersion": list_rev.to_string()});
-        if let Some(c) = &next {
-            meta["continue"] = json!(c);
-        }
-        let body = match output {
-            Output::Json => {
-                json!({"kind": info.list_kind(), "apiVersion": info.api_version(), "metadata": meta, "items": items})
-            }
+        match output {
+            Output::Json => Ok(list_response(info, list_rev, next.as_deref(), &items)),
             Output::Table => {
-                let mut t =
-                    glue::to_table(info.kind, &items, include_object(q), jiff::Timestamp::now());
+                let values = items
+                    .iter()
+                    .map(|o| o.to_value())
+                    .collect::<Result<Vec<Value>, ApiError>>()?;
+                drop(items);
+                let mut meta = json!({"resourceVersion": list_rev.to_string()});
+                if let Some(c) = &next {
+                    meta["continue"] = json!(c);
+                }
+                let mut t = glue::to_table(
+                    info.kind,
+                    &values,
+                    include_object(q),
+                    jiff::Timestamp::now(),
+                );
                 t["metadata"] = meta;
-                t
+                Ok(codec::json(StatusCode::OK, &t))
             }
-        };
-        Ok(codec::json(StatusCode::OK, &body))
+        }
     }
 
     fn cache(&self, info: &ResourceInfo) -> Result<&Arc<WatchCache>, ApiError> {
@@ -2295,28 +2358,27 @@ impl Watcher {
         self.tx.send(b).await.map_err(|_| ())
     }
 
-    fn encode(&mut self, kind: &str, obj: &Value) -> Bytes {
-        let object = match self.output {
-            Output::Json => obj.clone(),
-            Output::Table => {
-                let mut t = glue::to_table(
-                    self.filter.info.kind,
-                    std::slice::from_ref(obj),
-                    &self.include,
-                    jiff::Timestamp::now(),
-                );
-                if !self.first_table {
-                    t["columnDefinitions"] = Value::Null;
-                }
-                self.first_table = false;
-                if let Some(rv) = object::resource_version(obj) {
-                    t["metadata"] = json!({"resourceVersion": rv});
-                }
-                t
-            }
+    fn encode(&mut self, kind: &str, obj: &CachedObject) -> Bytes {
+        if self.output == Output::Json {
+            return obj.line(kind);
+        }
+        let Ok(obj) = obj.to_value() else {
+            return Bytes::new();
         };
-        let mut line =
-            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        let mut t = glue::to_table(
+            self.filter.info.kind,
+            std::slice::from_ref(&obj),
+            &self.include,
+            jiff::Timestamp::now(),
+        );
+        if !self.first_table {
+            t["columnDefinitions"] = Value::Null;
+        }
+        self.first_table = false;
+        if let Some(rv) = object::resource_version(&obj) {
+            t["metadata"] = json!({"resourceVersion": rv});
+        }
+        let mut line = serde_json::to_vec(&json!({"type": kind, "object": t})).unwrap_or_default();
         line.push(b'\n');
         Bytes::from(line)
     }
@@ -2326,8 +2388,11 @@ impl Watcher {
         if self.output == Output::Json && self.filter.is_everything() {
             return Some(ev.json_line());
         }
-        let now = self.filter.matches(&ev.object);
-        let before = ev.prev.as_ref().is_some_and(|p| self.filter.matches(p));
+        let now = self.filter.matches_cached(&ev.object);
+        let before = ev
+            .prev
+            .as_ref()
+            .is_some_and(|p| self.filter.matches_cached(p));
         let kind = match ev.kind {
             EventType::Added if now => "ADDED",
             EventType::Modified if now && before => "MODIFIED",

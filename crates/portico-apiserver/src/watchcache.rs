@@ -3,19 +3,22 @@
 //!
 //! Owns: the current state per resource (for `resourceVersion=0` lists and initial events),
 //! event history (resuming watches from a recent resourceVersion), and the broadcast.
+//! Objects are held compactly as [`CachedObject`]: the JSON as served (encoded once, inside
+//! the watch line of the event that produced it) plus the few fields selectors need, never
+//! as a `serde_json::Value` tree (which costs many times the JSON size).
 //! Must not: filter or encode for clients; `handlers` does that per watcher.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use portico_store::{EventKind, Revision, Store};
-use serde_json::Value;
+use portico_store::{EventKind, KeyValue, Revision, Store};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 use tokio::sync::{broadcast, watch};
 
 use crate::error::ApiError;
-use crate::object::decode_stored;
 use crate::resources::ResourceInfo;
 
 /// How many events per resource a watcher can resume from.
@@ -38,45 +41,206 @@ impl EventType {
     }
 }
 
+/// One object as the cache holds it: its JSON (with `metadata.resourceVersion`) and the
+/// values label and field selectors look at, extracted once.
+#[derive(Debug)]
+pub struct CachedObject {
+    /// `{"type":<line_kind>,"object":<json>}\n`; `json` is a slice of it.
+    line: Bytes,
+    line_kind: EventType,
+    json: Bytes,
+    revision: Revision,
+    name: String,
+    namespace: String,
+    labels: BTreeMap<String, String>,
+    /// Values of the resource's field labels, in `info.field_labels` order.
+    fields: Box<[String]>,
+    info: &'static ResourceInfo,
+}
+
+impl CachedObject {
+    /// Builds the cached form of a stored value at its mod revision.
+    pub fn from_stored(info: &'static ResourceInfo, kv: &KeyValue) -> Result<Self, ApiError> {
+        Self::build(info, &kv.value, kv.mod_revision, EventType::Added)
+            .map_err(|e| ApiError::internal(format!("stored object {} is not JSON: {e}", kv.key)))
+    }
+
+    /// Encodes `stored` (a JSON object) with `metadata.resourceVersion` set to `revision`,
+    /// without building a `Value` tree of the whole object.
+    fn build(
+        info: &'static ResourceInfo,
+        stored: &[u8],
+        revision: Revision,
+        line_kind: EventType,
+    ) -> Result<Self, serde_json::Error> {
+        let mut top: BTreeMap<String, &RawValue> = serde_json::from_slice(stored)?;
+        let mut meta: Map<String, Value> = match top.get("metadata") {
+            Some(raw) => match serde_json::from_str::<Value>(raw.get())? {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            },
+            None => Map::new(),
+        };
+        let meta_str = |k: &str| {
+            meta.get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let name = meta_str("name");
+        let namespace = meta_str("namespace");
+        let labels = meta
+            .get("labels")
+            .and_then(|l| l.as_object())
+            .map(|l| {
+                l.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let fields = if info.field_labels.is_empty() {
+            Box::default()
+        } else {
+            // Only the top-level members the field labels read are decoded.
+            let mut partial = Map::new();
+            for f in info.field_labels {
+                let root = f.split('.').next().unwrap_or(f);
+                if let Some(raw) = top.get(root)
+                    && !partial.contains_key(root)
+                {
+                    partial.insert(root.to_string(), serde_json::from_str(raw.get())?);
+                }
+            }
+            let partial = Value::Object(partial);
+            info.field_labels
+                .iter()
+                .map(|f| crate::resources::field_value(info, &partial, f).unwrap_or_default())
+                .collect()
+        };
+        meta.insert(
+            "resourceVersion".into(),
+            Value::String(revision.to_string()),
+        );
+        let meta_raw = serde_json::value::to_raw_value(&meta)?;
+        top.insert("metadata".to_string(), &meta_raw);
+        let prefix = line_prefix(line_kind);
+        let mut buf = Vec::with_capacity(stored.len() + prefix.len() + 48);
+        buf.extend_from_slice(prefix.as_bytes());
+        serde_json::to_writer(&mut buf, &top)?;
+        let end = buf.len();
+        buf.extend_from_slice(b"}\n");
+        let line = Bytes::from(buf);
+        let json = line.slice(prefix.len()..end);
+        Ok(CachedObject {
+            line,
+            line_kind,
+            json,
+            revision,
+            name,
+            namespace,
+            labels,
+            fields,
+            info,
+        })
+    }
+
+    /// The same object as of a later revision (the last state of a deleted object).
+    fn at_revision(&self, revision: Revision, line_kind: EventType) -> Result<Self, ApiError> {
+        Self::build(self.info, &self.json, revision, line_kind)
+            .map_err(|e| ApiError::internal(format!("cached object is not JSON: {e}")))
+    }
+
+    /// The object's JSON, with `metadata.resourceVersion`.
+    pub fn json(&self) -> &Bytes {
+        &self.json
+    }
+
+    /// The object as a `Value` (for tables and other rewrites).
+    pub fn to_value(&self) -> Result<Value, ApiError> {
+        serde_json::from_slice(&self.json)
+            .map_err(|e| ApiError::internal(format!("cached object is not JSON: {e}")))
+    }
+
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `metadata.namespace`, empty for cluster-scoped objects.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
+    }
+
+    /// A field selector's value, as `resources::field_value` renders it (missing = empty).
+    pub fn field(&self, field: &str) -> Option<String> {
+        match field {
+            "metadata.name" => Some(self.name.clone()),
+            "metadata.namespace" => Some(self.namespace.clone()),
+            other => self
+                .info
+                .field_labels
+                .iter()
+                .position(|f| *f == other)
+                .and_then(|i| self.fields.get(i).cloned()),
+        }
+    }
+
+    /// `{"type":<kind>,"object":<json>}\n`, shared with the producing event when it can be.
+    pub fn line(&self, kind: &str) -> Bytes {
+        if kind == self.line_kind.as_str() {
+            return self.line.clone();
+        }
+        let mut buf = Vec::with_capacity(self.json.len() + 32);
+        buf.extend_from_slice(b"{\"type\":\"");
+        buf.extend_from_slice(kind.as_bytes());
+        buf.extend_from_slice(b"\",\"object\":");
+        buf.extend_from_slice(&self.json);
+        buf.extend_from_slice(b"}\n");
+        Bytes::from(buf)
+    }
+}
+
+fn line_prefix(kind: EventType) -> &'static str {
+    match kind {
+        EventType::Added => "{\"type\":\"ADDED\",\"object\":",
+        EventType::Modified => "{\"type\":\"MODIFIED\",\"object\":",
+        EventType::Deleted => "{\"type\":\"DELETED\",\"object\":",
+    }
+}
+
 /// One change, shared by every watcher.
 pub struct CacheEvent {
     pub revision: Revision,
     pub kind: EventType,
-    pub object: Arc<Value>,
+    pub object: Arc<CachedObject>,
     /// The state before the change (for selector transitions).
-    pub prev: Option<Arc<Value>>,
-    /// The plain JSON watch line, encoded once for all unfiltered JSON watchers.
-    line: OnceLock<Bytes>,
+    pub prev: Option<Arc<CachedObject>>,
 }
 
 impl CacheEvent {
     pub fn new(
         revision: Revision,
         kind: EventType,
-        object: Arc<Value>,
-        prev: Option<Arc<Value>>,
+        object: Arc<CachedObject>,
+        prev: Option<Arc<CachedObject>>,
     ) -> Self {
         CacheEvent {
             revision,
             kind,
             object,
             prev,
-            line: OnceLock::new(),
         }
     }
-    /// `{"type":…,"object":…}\n`, encoded once.
+    /// `{"type":…,"object":…}\n`; the object's own encoding when the types agree.
     pub fn json_line(&self) -> Bytes {
-        self.line
-            .get_or_init(|| {
-                let mut buf = Vec::with_capacity(512);
-                buf.extend_from_slice(b"{\"type\":\"");
-                buf.extend_from_slice(self.kind.as_str().as_bytes());
-                buf.extend_from_slice(b"\",\"object\":");
-                let _ = serde_json::to_writer(&mut buf, &*self.object);
-                buf.extend_from_slice(b"}\n");
-                Bytes::from(buf)
-            })
-            .clone()
+        self.object.line(self.kind.as_str())
     }
 }
 
@@ -85,7 +249,7 @@ struct Inner {
     revision: Revision,
     /// History covers every event with revision > `oldest`.
     oldest: Revision,
-    objects: BTreeMap<String, Arc<Value>>,
+    objects: BTreeMap<String, Arc<CachedObject>>,
     history: VecDeque<Arc<CacheEvent>>,
     /// Bumped on every relist; watchers of an older epoch are closed.
     epoch: u64,
@@ -170,7 +334,10 @@ impl WatchCache {
             let page = store.list(prefix, start.as_deref(), 1000, at).await?;
             at = Some(page.revision);
             for kv in &page.kvs {
-                objects.insert(kv.key.clone(), Arc::new(decode_stored(kv)?));
+                objects.insert(
+                    kv.key.clone(),
+                    Arc::new(CachedObject::from_stored(self.info, kv)?),
+                );
             }
             start = page.kvs.last().map(|kv| kv.key.clone());
             if !page.more || start.is_none() {
@@ -198,25 +365,25 @@ impl WatchCache {
             let key = ev.kv.key.clone();
             let cache_ev = match ev.kind {
                 EventKind::Put => {
-                    let Ok(obj) = decode_stored(&ev.kv) else {
-                        continue;
-                    };
-                    let obj = Arc::new(obj);
-                    let prev = inner.objects.insert(key, obj.clone());
-                    let kind = if prev.is_some() {
+                    let kind = if inner.objects.contains_key(&key) {
                         EventType::Modified
                     } else {
                         EventType::Added
                     };
+                    let Ok(obj) = CachedObject::build(self.info, &ev.kv.value, rev, kind) else {
+                        continue;
+                    };
+                    let obj = Arc::new(obj);
+                    let prev = inner.objects.insert(key, obj.clone());
                     CacheEvent::new(rev, kind, obj, prev)
                 }
                 EventKind::Delete => {
                     let Some(prev) = inner.objects.remove(&key) else {
                         continue;
                     };
-                    let mut last = (*prev).clone();
-                    crate::object::meta_mut(&mut last)
-                        .insert("resourceVersion".into(), Value::String(rev.to_string()));
+                    let Ok(last) = prev.at_revision(rev, EventType::Deleted) else {
+                        continue;
+                    };
                     CacheEvent::new(rev, EventType::Deleted, Arc::new(last), Some(prev))
                 }
             };
@@ -242,7 +409,7 @@ impl WatchCache {
     }
 
     /// Every current object (with its resourceVersion) and the cache revision.
-    pub fn snapshot(&self, prefix: &str) -> (Vec<Arc<Value>>, Revision) {
+    pub fn snapshot(&self, prefix: &str) -> (Vec<Arc<CachedObject>>, Revision) {
         let inner = self.lock();
         let objs = inner
             .objects
@@ -269,11 +436,8 @@ impl WatchCache {
                 .range(prefix.to_string()..)
                 .take_while(|(k, _)| k.starts_with(prefix))
             {
-                let rev = crate::object::resource_version(obj)
-                    .and_then(|r| r.parse().ok())
-                    .unwrap_or(0);
                 backlog.push(Arc::new(CacheEvent::new(
-                    rev,
+                    obj.revision(),
                     EventType::Added,
                     obj.clone(),
                     None,
@@ -296,5 +460,91 @@ impl WatchCache {
             revision,
             epoch: self.epoch_tx.subscribe(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::by_plural;
+
+    fn kv(value: &str, rev: Revision) -> KeyValue {
+        KeyValue {
+            key: "/registry/x".into(),
+            value: Bytes::from(value.to_string()),
+            create_revision: rev,
+            mod_revision: rev,
+        }
+    }
+
+    #[test]
+    fn cached_json_is_the_decoded_object_with_its_resource_version() {
+        let cases = [
+            (
+                "services",
+                r#"{"apiVersion":"v1","kind":"Service","metadata":{"labels":{"app":"web"},"name":"web","namespace":"default","uid":"u"},"spec":{"clusterIP":"10.0.0.1","type":"ClusterIP"}}"#,
+            ),
+            (
+                "namespaces",
+                r#"{"kind":"Namespace","metadata":{"name":"a"}}"#,
+            ),
+            ("namespaces", r#"{"kind":"Namespace"}"#),
+            (
+                "pods",
+                r#"{"metadata":{"name":"p","namespace":"n","labels":{"x":7}},"spec":{"nodeName":"n1"},"status":{"phase":"Running","podIPs":[{"ip":"10.1.0.1"}]}}"#,
+            ),
+        ];
+        for (plural, stored) in cases {
+            let info = by_plural(plural).expect("resource");
+            let obj = CachedObject::from_stored(info, &kv(stored, 42)).expect("cached");
+            let want = crate::object::decode_stored(&kv(stored, 42)).expect("decoded");
+            assert_eq!(
+                obj.json().as_ref(),
+                serde_json::to_vec(&want).expect("encoded").as_slice(),
+                "{plural}: {stored}"
+            );
+            assert_eq!(obj.to_value().expect("value"), want);
+            assert_eq!(obj.revision(), 42);
+            assert_eq!(obj.name(), crate::object::name(&want));
+            assert_eq!(obj.labels(), &crate::object::labels(&want));
+            for f in info
+                .field_labels
+                .iter()
+                .chain(&["metadata.name", "metadata.namespace"])
+            {
+                assert_eq!(
+                    obj.field(f).unwrap_or_default(),
+                    crate::resources::field_value(info, &want, f).unwrap_or_default(),
+                    "{plural} {f}"
+                );
+            }
+        }
+        let info = by_plural("services").expect("services");
+        assert!(CachedObject::from_stored(info, &kv("[1]", 1)).is_err());
+        assert!(CachedObject::from_stored(info, &kv("{", 1)).is_err());
+    }
+
+    #[test]
+    fn lines_share_the_object_encoding() {
+        let info = by_plural("services").expect("services");
+        let stored = r#"{"metadata":{"name":"web","namespace":"default"}}"#;
+        let obj = CachedObject::build(info, stored.as_bytes(), 7, EventType::Modified).expect("ok");
+        let line = obj.line("MODIFIED");
+        assert_eq!(
+            line.as_ref(),
+            br#"{"type":"MODIFIED","object":{"metadata":{"name":"web","namespace":"default","resourceVersion":"7"}}}
+"#
+        );
+        assert_eq!(
+            obj.line("ADDED").as_ref(),
+            br#"{"type":"ADDED","object":{"metadata":{"name":"web","namespace":"default","resourceVersion":"7"}}}
+"#
+        );
+        let gone = obj.at_revision(9, EventType::Deleted).expect("deleted");
+        assert_eq!(
+            gone.json().as_ref(),
+            br#"{"metadata":{"name":"web","namespace":"default","resourceVersion":"9"}}"#
+        );
+        assert_eq!(gone.revision(), 9);
     }
 }
