@@ -1205,6 +1205,38 @@ mod tests {
             })
             .await;
 
+            // Foreground through two levels: the middle pod is deleted in the foreground too,
+            // so the Service is answered marked and goes only after both pods.
+            let uid = service(&svcs, "chain").await;
+            pod(&pods, "chain-a", json!([owner("chain", &uid)])).await;
+            let a = pods.get("chain-a").await.unwrap().metadata.uid.unwrap();
+            pod(
+                &pods,
+                "chain-b",
+                json!([{"apiVersion": "v1", "kind": "Pod", "name": "chain-a", "uid": a, "blockOwnerDeletion": true}]),
+            )
+            .await;
+            let answered = svcs
+                .delete("chain", &DeleteParams::foreground())
+                .await
+                .unwrap()
+                .left()
+                .expect("kept while dependents exist");
+            assert!(answered.metadata.deletion_timestamp.is_some());
+            assert_eq!(
+                answered.metadata.finalizers,
+                Some(vec!["foregroundDeletion".to_string()])
+            );
+            gone(&pods, "chain-b").await;
+            gone(&pods, "chain-a").await;
+            eventually("service chain deleted", || async {
+                match svcs.get_opt("chain").await.unwrap() {
+                    None => Ok(()),
+                    Some(s) => Err(format!("{:?}", s.metadata)),
+                }
+            })
+            .await;
+
             // Orphan: the dependent stays without the reference.
             let uid = service(&svcs, "keep").await;
             pod(&pods, "orphan-pod", json!([owner("keep", &uid)])).await;
