@@ -1458,7 +1458,8 @@ impl Api {
             match plan_delete(info.kind, &old, opts, jiff::Timestamp::now()) {
                 DeletePlan::Pending => return Ok((old, false)),
                 DeletePlan::Update(mut new) => {
-                    if opts.dry_run {
+                    // A repeated delete that changes nothing is not a write (no watch event).
+                    if opts.dry_run || new == old {
                         return Ok((new, false));
                     }
                     let resp = self
