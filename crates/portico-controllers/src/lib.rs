@@ -1,5 +1,6 @@
 //! portico's controllers: EndpointSlices, legacy Endpoints, EndpointSlice mirroring,
-//! LoadBalancer addresses, the `kubernetes` Service, and an Event recorder.
+//! LoadBalancer addresses, the `kubernetes` Service, the garbage collector (ownerReferences),
+//! and an Event recorder.
 //!
 //! Owns: the runtime around the pure reconcilers of `portico_core::endpointslice`: watches,
 //! indexes, work queues, batching, writes, and the bookkeeping that keeps restarts free of
