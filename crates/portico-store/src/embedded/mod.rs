@@ -71,20 +71,21 @@ pub struct EmbeddedOptions {
     /// reopening goes through write-ahead log replay, as after a crash.
     #[doc(hidden)]
     pub checkpoint_on_close: bool,
-    /// redb page cache size in bytes.
+    /// redb page cache size in bytes (read cache plus write buffer). Kept small: the API
+    /// server answers most reads from its watch cache, and every cached page is resident memory.
     pub cache_size_bytes: usize,
 }
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
         Self {
-            ring_capacity: 8192,
-            broadcast_capacity: 4096,
+            ring_capacity: 2048,
+            broadcast_capacity: 1024,
             max_batch: 1024,
             compaction_step: 512,
             sync_commits: true,
             checkpoint_on_close: true,
-            cache_size_bytes: 256 << 20,
+            cache_size_bytes: 32 << 20,
         }
     }
 }
