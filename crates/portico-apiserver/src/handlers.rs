@@ -238,6 +238,28 @@ impl Filter {
                 .fields
                 .matches(&|f| resources::field_value(self.info, obj, f))
     }
+    /// `matches` from decoded metadata alone; only for filters without field selectors.
+    fn matches_meta(&self, meta: &serde_json::Map<String, Value>) -> bool {
+        debug_assert!(self.fields.is_empty());
+        if let Some(ns) = &self.ns
+            && meta.get("namespace").and_then(|n| n.as_str()) != Some(ns.as_str())
+        {
+            return false;
+        }
+        if self.labels.is_everything() {
+            return true;
+        }
+        let labels: std::collections::BTreeMap<String, String> = meta
+            .get("labels")
+            .and_then(|l| l.as_object())
+            .map(|l| {
+                l.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.labels.matches(&labels)
+    }
     /// `matches` on the compact form (the same answers, from the pre-extracted fields).
     fn matches_cached(&self, obj: &CachedObject) -> bool {
         if let Some(ns) = &self.ns
@@ -277,29 +299,64 @@ fn parse_rv(s: &str) -> Result<Revision, ApiError> {
         .ok_or_else(|| ApiError::bad_request(format!("invalid resource version: {s:?}")))
 }
 
-/// A JSON list response written from already-encoded items: `{"apiVersion":…,"items":[…],
-/// "kind":…,"metadata":{…}}` in the key order `serde_json` gives a `Value`, in one buffer of
-/// the final size.
+/// The items of a list response as they are collected: for JSON, their encodings joined by
+/// commas (no `Value` per item); for tables, decoded values (each row needs one).
+struct ListItems {
+    joined: Vec<u8>,
+    values: Option<Vec<Value>>,
+    count: usize,
+}
+
+impl ListItems {
+    fn new(output: Output) -> Self {
+        ListItems {
+            joined: Vec::new(),
+            values: (output == Output::Table).then(Vec::new),
+            count: 0,
+        }
+    }
+
+    fn reserve(&mut self, bytes: usize) {
+        if self.values.is_none() {
+            self.joined.reserve(bytes);
+        }
+    }
+
+    fn push(&mut self, json: &[u8]) -> Result<(), ApiError> {
+        match &mut self.values {
+            Some(values) => values.push(
+                serde_json::from_slice(json)
+                    .map_err(|e| ApiError::internal(format!("cached object is not JSON: {e}")))?,
+            ),
+            None => {
+                if self.count > 0 {
+                    self.joined.push(b',');
+                }
+                self.joined.extend_from_slice(json);
+            }
+        }
+        self.count += 1;
+        Ok(())
+    }
+}
+
+/// A JSON list response around already-joined items: `{"apiVersion":…,"items":[…],
+/// "kind":…,"metadata":{…}}` in the key order `serde_json` gives a `Value`.
 fn list_response(
     info: &ResourceInfo,
     rev: Revision,
     next: Option<&str>,
-    items: &[Arc<CachedObject>],
+    items: Vec<u8>,
 ) -> Response {
-    let size: usize = items.iter().map(|o| o.json().len() + 1).sum();
-    let mut body = Vec::with_capacity(size + 256);
+    let mut body = Vec::with_capacity(items.len() + 256);
     let string = |body: &mut Vec<u8>, s: &str| {
         let _ = serde_json::to_writer(&mut *body, s);
     };
     body.extend_from_slice(b"{\"apiVersion\":");
     string(&mut body, &info.api_version());
     body.extend_from_slice(b",\"items\":[");
-    for (i, obj) in items.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(obj.json());
-    }
+    body.extend_from_slice(&items);
+    drop(items);
     body.extend_from_slice(b"],\"kind\":");
     string(&mut body, &info.list_kind());
     body.extend_from_slice(b",\"metadata\":{");
@@ -527,7 +584,7 @@ impl Api {
 
         // Matching objects in key order, each already encoded with its resourceVersion:
         // the response is their bytes joined, never a `Value` tree of the whole list.
-        let mut items: Vec<Arc<CachedObject>> = Vec::new();
+        let mut items = ListItems::new(output);
         let mut next: Option<String> = None;
         let list_rev: Revision;
         if rv == Some("0") && cont.is_none() && rv_match != Some("Exact") {
@@ -535,10 +592,10 @@ impl Api {
             let cache = self.cache(info)?;
             let (objs, rev) = cache.snapshot(&prefix);
             list_rev = rev.max(1);
-            items = objs
-                .into_iter()
-                .filter(|o| filter.matches_cached(o))
-                .collect();
+            items.reserve(objs.iter().map(|o| o.json().len() + 1).sum());
+            for obj in objs.iter().filter(|o| filter.matches_cached(o)) {
+                items.push(obj.json())?;
+            }
         } else {
             let (mut start, mut at) = match cont {
                 Some(tok) => {
@@ -574,18 +631,34 @@ impl Api {
                 let n = page.kvs.len();
                 let more = page.more;
                 start = page.kvs.last().map(|kv| kv.key.clone());
+                items.reserve(page.kvs.iter().map(|kv| kv.value.len() + 40).sum());
+                let mut scratch = Vec::new();
                 // Each stored value is dropped as soon as it is encoded.
                 for (i, kv) in page.kvs.into_iter().enumerate() {
-                    let obj = CachedObject::from_stored(info, &kv)?;
-                    if filter.matches_cached(&obj) {
-                        items.push(Arc::new(obj));
-                        if limit > 0 && items.len() == limit {
-                            if i + 1 < n || more {
-                                next =
-                                    Some(encode_continue(page.revision, &kv.key[prefix.len()..]));
-                            }
-                            break 'pages;
+                    let matched = if filter.fields.is_empty() {
+                        // Only metadata is decoded; the rest is copied as stored.
+                        scratch.clear();
+                        let meta = crate::watchcache::encode_stored(
+                            &kv.value,
+                            kv.mod_revision,
+                            &mut scratch,
+                        )?;
+                        filter.matches_meta(&meta) && {
+                            items.push(&scratch)?;
+                            true
                         }
+                    } else {
+                        let obj = CachedObject::from_stored(info, &kv)?;
+                        filter.matches_cached(&obj) && {
+                            items.push(obj.json())?;
+                            true
+                        }
+                    };
+                    if matched && limit > 0 && items.count == limit {
+                        if i + 1 < n || more {
+                            next = Some(encode_continue(page.revision, &kv.key[prefix.len()..]));
+                        }
+                        break 'pages;
                     }
                 }
                 if !more || n == 0 {
@@ -594,14 +667,9 @@ impl Api {
             }
             list_rev = at.unwrap_or(0);
         }
-        match output {
-            Output::Json => Ok(list_response(info, list_rev, next.as_deref(), &items)),
-            Output::Table => {
-                let values = items
-                    .iter()
-                    .map(|o| o.to_value())
-                    .collect::<Result<Vec<Value>, ApiError>>()?;
-                drop(items);
+        match items.values {
+            None => Ok(list_response(info, list_rev, next.as_deref(), items.joined)),
+            Some(values) => {
                 let mut meta = json!({"resourceVersion": list_rev.to_string()});
                 if let Some(c) = &next {
                     meta["continue"] = json!(c);

@@ -73,14 +73,7 @@ impl CachedObject {
         revision: Revision,
         line_kind: EventType,
     ) -> Result<Self, serde_json::Error> {
-        let mut top: BTreeMap<String, &RawValue> = serde_json::from_slice(stored)?;
-        let mut meta: Map<String, Value> = match top.get("metadata") {
-            Some(raw) => match serde_json::from_str::<Value>(raw.get())? {
-                Value::Object(m) => m,
-                _ => Map::new(),
-            },
-            None => Map::new(),
-        };
+        let (top, mut meta) = parse_stored(stored)?;
         let meta_str = |k: &str| {
             meta.get(k)
                 .and_then(|v| v.as_str())
@@ -117,16 +110,10 @@ impl CachedObject {
                 .map(|f| crate::resources::field_value(info, &partial, f).unwrap_or_default())
                 .collect()
         };
-        meta.insert(
-            "resourceVersion".into(),
-            Value::String(revision.to_string()),
-        );
-        let meta_raw = serde_json::value::to_raw_value(&meta)?;
-        top.insert("metadata".to_string(), &meta_raw);
         let prefix = line_prefix(line_kind);
         let mut buf = Vec::with_capacity(stored.len() + prefix.len() + 48);
         buf.extend_from_slice(prefix.as_bytes());
-        serde_json::to_writer(&mut buf, &top)?;
+        write_with_revision(&top, &mut meta, revision, &mut buf)?;
         let end = buf.len();
         buf.extend_from_slice(b"}\n");
         let line = Bytes::from(buf);
@@ -205,6 +192,53 @@ impl CachedObject {
         buf.extend_from_slice(b"}\n");
         Bytes::from(buf)
     }
+}
+
+/// A stored object split into its top-level members (undecoded) and its decoded metadata.
+type Parsed<'a> = (BTreeMap<String, &'a RawValue>, Map<String, Value>);
+
+fn parse_stored(stored: &[u8]) -> Result<Parsed<'_>, serde_json::Error> {
+    let top: BTreeMap<String, &RawValue> = serde_json::from_slice(stored)?;
+    let meta = match top.get("metadata") {
+        Some(raw) => match serde_json::from_str::<Value>(raw.get())? {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        },
+        None => Map::new(),
+    };
+    Ok((top, meta))
+}
+
+/// Writes the object with `metadata.resourceVersion` set, in `serde_json`'s key order.
+fn write_with_revision(
+    top: &BTreeMap<String, &RawValue>,
+    meta: &mut Map<String, Value>,
+    revision: Revision,
+    out: &mut Vec<u8>,
+) -> Result<(), serde_json::Error> {
+    meta.insert(
+        "resourceVersion".into(),
+        Value::String(revision.to_string()),
+    );
+    let meta_raw = serde_json::value::to_raw_value(&meta)?;
+    let mut top: BTreeMap<&str, &RawValue> = top.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    top.insert("metadata", &meta_raw);
+    serde_json::to_writer(out, &top)
+}
+
+/// Appends a stored object as served (with `metadata.resourceVersion`) to `out` and returns
+/// its metadata, without decoding the rest: for lists straight from the store.
+pub fn encode_stored(
+    stored: &[u8],
+    revision: Revision,
+    out: &mut Vec<u8>,
+) -> Result<Map<String, Value>, ApiError> {
+    let encode = |out: &mut Vec<u8>| {
+        let (top, mut meta) = parse_stored(stored)?;
+        write_with_revision(&top, &mut meta, revision, out)?;
+        Ok::<_, serde_json::Error>(meta)
+    };
+    encode(out).map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))
 }
 
 fn line_prefix(kind: EventType) -> &'static str {
@@ -504,6 +538,10 @@ mod tests {
                 "{plural}: {stored}"
             );
             assert_eq!(obj.to_value().expect("value"), want);
+            let mut out = b"x".to_vec();
+            let meta = encode_stored(stored.as_bytes(), 42, &mut out).expect("encoded");
+            assert_eq!(&out[1..], obj.json().as_ref());
+            assert_eq!(Some(&Value::Object(meta)), want.get("metadata"));
             assert_eq!(obj.revision(), 42);
             assert_eq!(obj.name(), crate::object::name(&want));
             assert_eq!(obj.labels(), &crate::object::labels(&want));
