@@ -238,27 +238,16 @@ impl Filter {
                 .fields
                 .matches(&|f| resources::field_value(self.info, obj, f))
     }
-    /// `matches` from decoded metadata alone; only for filters without field selectors.
-    fn matches_meta(&self, meta: &serde_json::Map<String, Value>) -> bool {
+    /// `matches` from stored metadata alone; only for filters without field selectors.
+    fn matches_meta(&self, meta: &crate::watchcache::StoredMeta) -> bool {
         debug_assert!(self.fields.is_empty());
-        if let Some(ns) = &self.ns
-            && meta.get("namespace").and_then(|n| n.as_str()) != Some(ns.as_str())
-        {
-            return false;
+        if let Some(ns) = &self.ns {
+            let have = meta.namespace();
+            if have.is_empty() || have != *ns {
+                return false;
+            }
         }
-        if self.labels.is_everything() {
-            return true;
-        }
-        let labels: std::collections::BTreeMap<String, String> = meta
-            .get("labels")
-            .and_then(|l| l.as_object())
-            .map(|l| {
-                l.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        self.labels.matches(&labels)
+        self.labels.is_everything() || self.labels.matches(&meta.labels())
     }
     /// `matches` on the compact form (the same answers, from the pre-extracted fields).
     fn matches_cached(&self, obj: &CachedObject) -> bool {
@@ -299,18 +288,26 @@ fn parse_rv(s: &str) -> Result<Revision, ApiError> {
         .ok_or_else(|| ApiError::bad_request(format!("invalid resource version: {s:?}")))
 }
 
-/// The items of a list response as they are collected: for JSON, their encodings joined by
-/// commas (no `Value` per item); for tables, decoded values (each row needs one).
+/// The items of a list response as they are collected: for JSON, the response itself up to
+/// its items, each item's encoding appended as found (no `Value` per item, no second copy);
+/// for tables, decoded values (each row needs one).
 struct ListItems {
-    joined: Vec<u8>,
+    body: Vec<u8>,
     values: Option<Vec<Value>>,
     count: usize,
 }
 
 impl ListItems {
-    fn new(output: Output) -> Self {
+    /// Starts `{"apiVersion":…,"items":[` (keys in the order `serde_json` gives a `Value`).
+    fn new(info: &ResourceInfo, output: Output) -> Self {
+        let mut body = Vec::new();
+        if output == Output::Json {
+            body.extend_from_slice(b"{\"apiVersion\":");
+            json_string(&mut body, &info.api_version());
+            body.extend_from_slice(b",\"items\":[");
+        }
         ListItems {
-            joined: Vec::new(),
+            body,
             values: (output == Output::Table).then(Vec::new),
             count: 0,
         }
@@ -318,7 +315,7 @@ impl ListItems {
 
     fn reserve(&mut self, bytes: usize) {
         if self.values.is_none() {
-            self.joined.reserve(bytes);
+            self.body.reserve(bytes);
         }
     }
 
@@ -330,9 +327,9 @@ impl ListItems {
             ),
             None => {
                 if self.count > 0 {
-                    self.joined.push(b',');
+                    self.body.push(b',');
                 }
-                self.joined.extend_from_slice(json);
+                self.body.extend_from_slice(json);
             }
         }
         self.count += 1;
@@ -340,33 +337,27 @@ impl ListItems {
     }
 }
 
-/// A JSON list response around already-joined items: `{"apiVersion":…,"items":[…],
-/// "kind":…,"metadata":{…}}` in the key order `serde_json` gives a `Value`.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Ends a JSON list response begun by `ListItems::new`: `],"kind":…,"metadata":{…}}`.
 fn list_response(
     info: &ResourceInfo,
     rev: Revision,
     next: Option<&str>,
-    items: Vec<u8>,
+    mut body: Vec<u8>,
 ) -> Response {
-    let mut body = Vec::with_capacity(items.len() + 256);
-    let string = |body: &mut Vec<u8>, s: &str| {
-        let _ = serde_json::to_writer(&mut *body, s);
-    };
-    body.extend_from_slice(b"{\"apiVersion\":");
-    string(&mut body, &info.api_version());
-    body.extend_from_slice(b",\"items\":[");
-    body.extend_from_slice(&items);
-    drop(items);
     body.extend_from_slice(b"],\"kind\":");
-    string(&mut body, &info.list_kind());
+    json_string(&mut body, &info.list_kind());
     body.extend_from_slice(b",\"metadata\":{");
     if let Some(c) = next {
         body.extend_from_slice(b"\"continue\":");
-        string(&mut body, c);
+        json_string(&mut body, c);
         body.push(b',');
     }
     body.extend_from_slice(b"\"resourceVersion\":");
-    string(&mut body, &rev.to_string());
+    json_string(&mut body, &rev.to_string());
     body.extend_from_slice(b"}}");
     let mut resp = Response::new(Body::from(body));
     resp.headers_mut().insert(
@@ -584,7 +575,7 @@ impl Api {
 
         // Matching objects in key order, each already encoded with its resourceVersion:
         // the response is their bytes joined, never a `Value` tree of the whole list.
-        let mut items = ListItems::new(output);
+        let mut items = ListItems::new(info, output);
         let mut next: Option<String> = None;
         let list_rev: Revision;
         if rv == Some("0") && cont.is_none() && rv_match != Some("Exact") {
@@ -668,7 +659,7 @@ impl Api {
             list_rev = at.unwrap_or(0);
         }
         match items.values {
-            None => Ok(list_response(info, list_rev, next.as_deref(), items.joined)),
+            None => Ok(list_response(info, list_rev, next.as_deref(), items.body)),
             Some(values) => {
                 let mut meta = json!({"resourceVersion": list_rev.to_string()});
                 if let Some(c) = &next {

@@ -73,24 +73,10 @@ impl CachedObject {
         revision: Revision,
         line_kind: EventType,
     ) -> Result<Self, serde_json::Error> {
-        let (top, mut meta) = parse_stored(stored)?;
-        let meta_str = |k: &str| {
-            meta.get(k)
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_string()
-        };
-        let name = meta_str("name");
-        let namespace = meta_str("namespace");
-        let labels = meta
-            .get("labels")
-            .and_then(|l| l.as_object())
-            .map(|l| {
-                l.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let (top, meta) = parse_stored(stored)?;
+        let name = meta.string("name");
+        let namespace = meta.namespace();
+        let labels = meta.labels();
         let fields = if info.field_labels.is_empty() {
             Box::default()
         } else {
@@ -113,7 +99,7 @@ impl CachedObject {
         let prefix = line_prefix(line_kind);
         let mut buf = Vec::with_capacity(stored.len() + prefix.len() + 48);
         buf.extend_from_slice(prefix.as_bytes());
-        write_with_revision(&top, &mut meta, revision, &mut buf)?;
+        write_with_revision(&top, &meta, revision, &mut buf)?;
         let end = buf.len();
         buf.extend_from_slice(b"}\n");
         let line = Bytes::from(buf);
@@ -194,32 +180,62 @@ impl CachedObject {
     }
 }
 
-/// A stored object split into its top-level members (undecoded) and its decoded metadata.
-type Parsed<'a> = (BTreeMap<String, &'a RawValue>, Map<String, Value>);
+/// Members of a JSON object, their values left encoded.
+type Members<'a> = BTreeMap<String, &'a RawValue>;
 
-fn parse_stored(stored: &[u8]) -> Result<Parsed<'_>, serde_json::Error> {
-    let top: BTreeMap<String, &RawValue> = serde_json::from_slice(stored)?;
-    let meta = match top.get("metadata") {
-        Some(raw) => match serde_json::from_str::<Value>(raw.get())? {
-            Value::Object(m) => m,
-            _ => Map::new(),
-        },
-        None => Map::new(),
-    };
-    Ok((top, meta))
+/// The metadata of a stored object, each member decoded only when asked for.
+pub struct StoredMeta<'a>(Members<'a>);
+
+impl StoredMeta<'_> {
+    /// A string member; empty when missing or not a string.
+    fn string(&self, key: &str) -> String {
+        self.0
+            .get(key)
+            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn namespace(&self) -> String {
+        self.string("namespace")
+    }
+
+    /// `metadata.labels` as `object::labels` reads them (a non-string value counts as "").
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        self.0
+            .get("labels")
+            .and_then(|raw| serde_json::from_str::<Map<String, Value>>(raw.get()).ok())
+            .map(|l| {
+                l.into_iter()
+                    .map(|(k, v)| (k, v.as_str().unwrap_or("").to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
-/// Writes the object with `metadata.resourceVersion` set, in `serde_json`'s key order.
+/// A stored object split into its top-level members and its metadata members, all undecoded.
+/// A missing or non-object `metadata` counts as empty (as `object::meta_mut` treats it).
+fn parse_stored(stored: &[u8]) -> Result<(Members<'_>, StoredMeta<'_>), serde_json::Error> {
+    let top: Members = serde_json::from_slice(stored)?;
+    let meta = top
+        .get("metadata")
+        .and_then(|raw| serde_json::from_str::<Members>(raw.get()).ok())
+        .unwrap_or_default();
+    Ok((top, StoredMeta(meta)))
+}
+
+/// Writes the object with `metadata.resourceVersion` set, members in `serde_json`'s order
+/// (sorted, as a `Value` writes them) and their values copied as stored.
 fn write_with_revision(
-    top: &BTreeMap<String, &RawValue>,
-    meta: &mut Map<String, Value>,
+    top: &Members,
+    meta: &StoredMeta,
     revision: Revision,
     out: &mut Vec<u8>,
 ) -> Result<(), serde_json::Error> {
-    meta.insert(
-        "resourceVersion".into(),
-        Value::String(revision.to_string()),
-    );
+    let rv = RawValue::from_string(format!("\"{revision}\""))?;
+    let mut meta: BTreeMap<&str, &RawValue> =
+        meta.0.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    meta.insert("resourceVersion", &rv);
     let meta_raw = serde_json::value::to_raw_value(&meta)?;
     let mut top: BTreeMap<&str, &RawValue> = top.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     top.insert("metadata", &meta_raw);
@@ -228,14 +244,14 @@ fn write_with_revision(
 
 /// Appends a stored object as served (with `metadata.resourceVersion`) to `out` and returns
 /// its metadata, without decoding the rest: for lists straight from the store.
-pub fn encode_stored(
-    stored: &[u8],
+pub fn encode_stored<'a>(
+    stored: &'a [u8],
     revision: Revision,
     out: &mut Vec<u8>,
-) -> Result<Map<String, Value>, ApiError> {
+) -> Result<StoredMeta<'a>, ApiError> {
     let encode = |out: &mut Vec<u8>| {
-        let (top, mut meta) = parse_stored(stored)?;
-        write_with_revision(&top, &mut meta, revision, out)?;
+        let (top, meta) = parse_stored(stored)?;
+        write_with_revision(&top, &meta, revision, out)?;
         Ok::<_, serde_json::Error>(meta)
     };
     encode(out).map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))
@@ -541,7 +557,11 @@ mod tests {
             let mut out = b"x".to_vec();
             let meta = encode_stored(stored.as_bytes(), 42, &mut out).expect("encoded");
             assert_eq!(&out[1..], obj.json().as_ref());
-            assert_eq!(Some(&Value::Object(meta)), want.get("metadata"));
+            assert_eq!(meta.labels(), crate::object::labels(&want));
+            assert_eq!(
+                meta.namespace(),
+                crate::object::meta_str(&want, "namespace").unwrap_or_default()
+            );
             assert_eq!(obj.revision(), 42);
             assert_eq!(obj.name(), crate::object::name(&want));
             assert_eq!(obj.labels(), &crate::object::labels(&want));
