@@ -256,7 +256,7 @@ impl Filter {
         {
             return false;
         }
-        if !self.labels.is_everything() && !self.labels.matches(obj.labels()) {
+        if !self.labels.is_everything() && !self.labels.matches(&obj.labels()) {
             return false;
         }
         self.fields.is_empty() || self.fields.matches(&|f| obj.field(f))

@@ -52,7 +52,9 @@ pub struct CachedObject {
     revision: Revision,
     name: String,
     namespace: String,
-    labels: BTreeMap<String, String>,
+    /// `metadata.labels` as stored (JSON text): decoded only when a label selector asks, as a
+    /// map of a few labels costs several times its text.
+    labels: Option<Box<str>>,
     /// Values of the resource's field labels, in `info.field_labels` order.
     fields: Box<[String]>,
     info: &'static ResourceInfo,
@@ -76,7 +78,7 @@ impl CachedObject {
         let (top, meta) = parse_stored(stored)?;
         let name = meta.string("name");
         let namespace = meta.namespace();
-        let labels = meta.labels();
+        let labels = meta.0.get("labels").map(|raw| Box::from(raw.get()));
         let fields = if info.field_labels.is_empty() {
             Box::default()
         } else {
@@ -147,8 +149,12 @@ impl CachedObject {
         &self.namespace
     }
 
-    pub fn labels(&self) -> &BTreeMap<String, String> {
-        &self.labels
+    /// `metadata.labels` as `object::labels` reads them.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        self.labels
+            .as_deref()
+            .map(labels_from_json)
+            .unwrap_or_default()
     }
 
     /// A field selector's value, as `resources::field_value` renders it (missing = empty).
@@ -199,18 +205,25 @@ impl StoredMeta<'_> {
         self.string("namespace")
     }
 
-    /// `metadata.labels` as `object::labels` reads them (a non-string value counts as "").
+    /// `metadata.labels` as `object::labels` reads them.
     pub fn labels(&self) -> BTreeMap<String, String> {
         self.0
             .get("labels")
-            .and_then(|raw| serde_json::from_str::<Map<String, Value>>(raw.get()).ok())
-            .map(|l| {
-                l.into_iter()
-                    .map(|(k, v)| (k, v.as_str().unwrap_or("").to_string()))
-                    .collect()
-            })
+            .map(|raw| labels_from_json(raw.get()))
             .unwrap_or_default()
     }
+}
+
+/// Labels from their JSON text as `object::labels` reads them: a non-string value counts as
+/// "", anything but an object as no labels.
+fn labels_from_json(text: &str) -> BTreeMap<String, String> {
+    serde_json::from_str::<Map<String, Value>>(text)
+        .map(|l| {
+            l.into_iter()
+                .map(|(k, v)| (k, v.as_str().unwrap_or("").to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A stored object split into its top-level members and its metadata members, all undecoded.
@@ -564,7 +577,7 @@ mod tests {
             );
             assert_eq!(obj.revision(), 42);
             assert_eq!(obj.name(), crate::object::name(&want));
-            assert_eq!(obj.labels(), &crate::object::labels(&want));
+            assert_eq!(obj.labels(), crate::object::labels(&want));
             for f in info
                 .field_labels
                 .iter()
