@@ -288,6 +288,9 @@ fn parse_rv(s: &str) -> Result<Revision, ApiError> {
         .ok_or_else(|| ApiError::bad_request(format!("invalid resource version: {s:?}")))
 }
 
+/// Store page size for a LIST without `limit`.
+const UNLIMITED_LIST_PAGE: usize = 1000;
+
 /// The items of a list response as they are collected: for JSON, the response itself up to
 /// its items, each item's encoding appended as found (no `Value` per item, no second copy);
 /// for tables, decoded values (each row needs one).
@@ -611,7 +614,13 @@ impl Api {
                     }
                 }
             }
-            let page_size = if limit == 0 { 0 } else { limit.max(50) };
+            // Without a limit the store is still read in pages (all at the first page's
+            // revision), so only one page of stored values is held while encoding.
+            let page_size = if limit == 0 {
+                UNLIMITED_LIST_PAGE
+            } else {
+                limit.max(50)
+            };
             'pages: loop {
                 let page = self
                     .store

@@ -201,3 +201,28 @@ async fn store_and_cache_lists_agree() {
         assert_eq!(rows, ["a", "b"], "{rv}");
     }
 }
+
+/// A LIST without a limit reads the store in pages; every object comes back once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlimited_list_spans_store_pages() {
+    let ts = TestServer::start().await.unwrap();
+    let api: Api<k8s_openapi::api::core::v1::Endpoints> =
+        Api::namespaced(ts.client.clone(), "default");
+    let count = 1_234;
+    let mut want = Vec::new();
+    for i in 0..count {
+        let name = format!("e-{i:05}");
+        let e = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        api.create(&PostParams::default(), &e).await.unwrap();
+        want.push(format!("default/{name}"));
+    }
+    let list = get_json(&ts, "/api/v1/namespaces/default/endpoints").await;
+    let got = names(&list);
+    // The `kubernetes` Endpoints may exist beside ours.
+    let ours: Vec<String> = got
+        .into_iter()
+        .filter(|n| n.starts_with("default/e-"))
+        .collect();
+    assert_eq!(ours, want);
+    assert!(list["metadata"]["continue"].is_null());
+}
