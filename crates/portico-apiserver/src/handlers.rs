@@ -581,8 +581,16 @@ impl Api {
         let mut items = ListItems::new(info, output);
         let mut next: Option<String> = None;
         let list_rev: Revision;
-        if rv == Some("0") && cont.is_none() && rv_match != Some("Exact") {
-            // "Any version": serve from the watch cache, all at once.
+        let any_version = rv == Some("0") && cont.is_none() && rv_match != Some("Exact");
+        // A consistent read may come from the cache when it has applied the store's current
+        // revision (as upstream's consistent reads from cache, without a wait).
+        let current_in_cache = !any_version
+            && rv.is_none()
+            && cont.is_none()
+            && limit == 0
+            && self.cache(info)?.revision() >= self.store.current_revision().await?;
+        if any_version || current_in_cache {
+            // Served from the watch cache, all at once.
             let cache = self.cache(info)?;
             let (objs, rev) = cache.snapshot(&prefix);
             list_rev = rev.max(1);

@@ -226,3 +226,31 @@ async fn unlimited_list_spans_store_pages() {
     assert_eq!(ours, want);
     assert!(list["metadata"]["continue"].is_null());
 }
+
+/// A LIST without resourceVersion always sees every write acknowledged before it, whether
+/// the store or an up-to-date cache answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_list_reads_its_writes() {
+    let ts = TestServer::start().await.unwrap();
+    let api: Api<k8s_openapi::api::core::v1::Endpoints> =
+        Api::namespaced(ts.client.clone(), "default");
+    for i in 0..60 {
+        let name = format!("w-{i:03}");
+        let e = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        let created = api.create(&PostParams::default(), &e).await.unwrap();
+        if i % 3 == 0 {
+            // Let the cache catch up sometimes, so both answers are exercised.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let list = get_json(&ts, "/api/v1/namespaces/default/endpoints").await;
+        let got = names(&list);
+        assert!(got.contains(&format!("default/{name}")), "{name}: {got:?}");
+        let list_rv: i64 = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let rv: i64 = created.metadata.resource_version.unwrap().parse().unwrap();
+        assert!(list_rv >= rv);
+    }
+}
