@@ -85,7 +85,7 @@ impl Default for EmbeddedOptions {
             compaction_step: 512,
             sync_commits: true,
             checkpoint_on_close: true,
-            cache_size_bytes: 32 << 20,
+            cache_size_bytes: 16 << 20,
         }
     }
 }
