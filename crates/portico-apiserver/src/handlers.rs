@@ -2439,6 +2439,7 @@ impl Watcher {
         if self.output == Output::Json {
             return obj.line(kind);
         }
+        // The cache only holds JSON it encoded itself; an empty chunk sends nothing.
         let Ok(obj) = obj.to_value() else {
             return Bytes::new();
         };
