@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod blast;
+
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use portico_dns::index::{EndpointRecord, PortRecord, ServiceKind, ServiceRecord, SliceRecord};
@@ -35,9 +37,28 @@ enum Cmd {
         endpoints: usize,
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// Microseconds a UDP worker keeps polling after a query before it sleeps.
+        #[arg(long, default_value_t = 50)]
+        poll_us: u64,
     },
     /// A trivial UDP responder (flips QR and echoes): the ceiling of any DNS server here.
     Echo,
+    /// Our own light load generator (sendmmsg/recvmmsg batches) against a loopback server;
+    /// prints `sent answered lost seconds`.
+    Blast {
+        #[arg(long)]
+        port: u16,
+        /// A dnsperf-style query file (`name TYPE` per line).
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 4)]
+        sockets: usize,
+        /// Queries outstanding per socket.
+        #[arg(long, default_value_t = 256)]
+        window: usize,
+    },
     /// The whole comparison.
     Run {
         #[arg(long, value_delimiter = ',', default_value = "1000,10000,50000")]
@@ -72,8 +93,27 @@ fn main() -> anyhow::Result<()> {
             services,
             endpoints,
             workers,
-        } => serve(services, endpoints, workers),
+            poll_us,
+        } => serve(services, endpoints, workers, poll_us),
         Cmd::Echo => echo(),
+        Cmd::Blast {
+            port,
+            file,
+            seconds,
+            sockets,
+            window,
+        } => {
+            let queries = wire_queries(&file)?;
+            let b = blast::blast(
+                SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                &queries,
+                Duration::from_secs(seconds),
+                sockets,
+                window,
+            )?;
+            println!("{} {} {} {}", b.sent, b.answered, b.lost, b.seconds);
+            Ok(())
+        }
         Cmd::Run {
             sizes,
             seconds,
@@ -107,6 +147,9 @@ fn endpoint_ip(i: usize, j: usize) -> Ipv4Addr {
 }
 
 const HEADLESS_ENDPOINTS: usize = 10;
+/// The polling window of the second portico instance in the latency runs (the first one, used
+/// for every throughput and capacity number, never polls, so its CPU time is work only).
+const POLL_US: u64 = 50;
 
 fn dashed(ip: Ipv4Addr) -> String {
     ip.to_string().replace('.', "-")
@@ -306,26 +349,71 @@ fn wait_answering(port: u16, name: &str) -> anyhow::Result<()> {
     bail!("server on port {port} did not answer {name}")
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    // The process and its direct children (NSD forks its server and xfrd).
-    let mut pids = vec![pid];
+/// The process and all its descendants (NSD forks its server processes and xfrd, and a
+/// reload forks again).
+fn family(pid: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for e in entries.flatten() {
+            let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
             let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let fields: Vec<&str> = stat
+            let parent = stat
                 .rsplit(") ")
                 .next()
                 .unwrap_or("")
                 .split_whitespace()
-                .collect();
-            if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid)
-                && let Ok(child) = e.file_name().to_string_lossy().parse()
-            {
-                pids.push(child);
+                .nth(1)
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(parent) = parent {
+                parents.push((child, parent));
             }
         }
     }
-    pids.iter()
+    let mut pids = vec![pid];
+    let mut at = 0;
+    while at < pids.len() {
+        let current = pids[at];
+        for &(child, parent) in &parents {
+            if parent == current && !pids.contains(&child) {
+                pids.push(child);
+            }
+        }
+        at += 1;
+    }
+    pids
+}
+
+/// CPU time (ns) used so far by every thread of the process and its children
+/// (`/proc/*/task/*/schedstat`, nanosecond resolution).
+fn cpu_ns(pid: u32) -> u64 {
+    family(pid)
+        .iter()
+        .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/task")).ok())
+        .flat_map(|tasks| tasks.flatten())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Pins every thread of the process and its children to CPU 1. Knot pins its UDP workers
+/// itself (worker i to CPU i, whatever mask it inherited), which would put its worker on the
+/// load generator's CPU; this undoes that after start-up.
+fn pin_to_server_cpu(pid: u32) -> anyhow::Result<()> {
+    for p in family(pid) {
+        let status = Command::new("taskset")
+            .args(["-a", "-p", "-c", "1", &p.to_string()])
+            .stdout(Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "taskset -a -p -c 1 {p} failed");
+    }
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    family(pid)
+        .iter()
         .map(|p| {
             std::fs::read_to_string(format!("/proc/{p}/status"))
                 .unwrap_or_default()
@@ -337,7 +425,12 @@ fn rss_kib(pid: u32) -> u64 {
         .sum()
 }
 
-fn start_ours(services: usize, endpoints: usize, workers: usize) -> anyhow::Result<(Guard, u16)> {
+fn start_ours(
+    services: usize,
+    endpoints: usize,
+    workers: usize,
+    poll_us: u64,
+) -> anyhow::Result<(Guard, u16)> {
     let exe = std::env::current_exe()?;
     let mut child = Command::new("taskset")
         .args(["-c", "1"])
@@ -350,6 +443,8 @@ fn start_ours(services: usize, endpoints: usize, workers: usize) -> anyhow::Resu
             &endpoints.to_string(),
             "--workers",
             &workers.to_string(),
+            "--poll-us",
+            &poll_us.to_string(),
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -430,7 +525,26 @@ zone:\n    name: 10.in-addr.arpa\n    zonefile: 10.in-addr.arpa.zone\n",
 struct Perf {
     qps: f64,
     lost_pct: f64,
-    avg_ms: f64,
+    /// Server CPU seconds used during the run.
+    cpu_s: f64,
+    /// Answers received.
+    answered: f64,
+}
+
+impl Perf {
+    /// Answers per second of server CPU time.
+    fn per_cpu_second(&self) -> f64 {
+        if self.cpu_s > 0.0 {
+            self.answered / self.cpu_s
+        } else {
+            0.0
+        }
+    }
+
+    /// Share of one CPU the server used.
+    fn cpu_share(&self, seconds: f64) -> f64 {
+        self.cpu_s / seconds
+    }
 }
 
 fn dnsperf(port: u16, file: &Path, seconds: u64, extra: &[&str]) -> anyhow::Result<String> {
@@ -463,22 +577,99 @@ fn field(text: &str, key: &str) -> Option<f64> {
         .ok()
 }
 
-fn max_rate(port: u16, file: &Path, seconds: u64) -> anyhow::Result<Perf> {
+fn max_rate(port: u16, file: &Path, seconds: u64, pid: u32) -> anyhow::Result<Perf> {
+    let cpu_before = cpu_ns(pid);
     let text = dnsperf(port, file, seconds, &["-c", "8", "-q", "400", "-T", "1"])?;
+    let cpu_s = cpu_ns(pid).saturating_sub(cpu_before) as f64 / 1e9;
     let qps =
         field(&text, "Queries per second").with_context(|| format!("dnsperf output: {text}"))?;
     let sent = field(&text, "Queries sent").unwrap_or(0.0);
     let lost = field(&text, "Queries lost").unwrap_or(0.0);
-    let avg = field(&text, "Average Latency (s)").unwrap_or(0.0);
+    let answered = field(&text, "Queries completed").unwrap_or(0.0);
     Ok(Perf {
         qps,
         lost_pct: if sent > 0.0 { 100.0 * lost / sent } else { 0.0 },
-        avg_ms: avg * 1000.0,
+        cpu_s,
+        answered,
     })
 }
 
+/// Our light load generator on CPU 0 against the server (see `blast.rs`).
+fn blast_rate(port: u16, file: &Path, seconds: u64, pid: u32) -> anyhow::Result<Perf> {
+    let exe = std::env::current_exe()?;
+    let cpu_before = cpu_ns(pid);
+    let out = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(exe)
+        .args(["blast", "--port", &port.to_string(), "--file"])
+        .arg(file)
+        .args(["--seconds", &seconds.to_string()])
+        .output()
+        .context("running the load generator")?;
+    let cpu_s = cpu_ns(pid).saturating_sub(cpu_before) as f64 / 1e9;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [sent, answered, lost, secs] = v[..] else {
+        bail!(
+            "load generator output {text:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    Ok(Perf {
+        qps: answered / secs,
+        lost_pct: if sent > 0.0 { 100.0 * lost / sent } else { 0.0 },
+        cpu_s,
+        answered,
+    })
+}
+
+/// The queries of a dnsperf-style file as wire packets (RD set, no EDNS, like dnsperf's
+/// defaults), IDs counting up.
+fn wire_queries(file: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    let text = std::fs::read_to_string(file)?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let mut words = line.split_whitespace();
+        let (Some(name), Some(qtype)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let code = match qtype {
+            "A" => 1,
+            "AAAA" => 28,
+            "SRV" => 33,
+            "PTR" => 12,
+            "TXT" => 16,
+            other => bail!("unknown query type {other}"),
+        };
+        let mut wire = Vec::with_capacity(name.len() + 2);
+        for label in name.trim_end_matches('.').split('.') {
+            wire.push(u8::try_from(label.len())?);
+            wire.extend_from_slice(label.as_bytes());
+        }
+        wire.push(0);
+        out.push(portico_dns::wire::build_query(
+            i as u16, &wire, code, true, None,
+        ));
+    }
+    Ok(out)
+}
+
 /// p50 and p99 (ms) at a fixed rate, from dnsperf's per-query output.
-fn latency_at(port: u16, file: &Path, rate: u64, seconds: u64) -> anyhow::Result<(f64, f64, f64)> {
+/// One fixed-rate run: latency percentiles and the server's CPU time.
+struct AtRate {
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    qps: f64,
+    perf: Perf,
+}
+
+/// p50/p99/p99.9 (ms) at a fixed rate, from dnsperf's per-query output, and the server's CPU.
+fn latency_at(port: u16, file: &Path, rate: u64, seconds: u64, pid: u32) -> anyhow::Result<AtRate> {
+    let cpu_before = cpu_ns(pid);
     let text = dnsperf(
         port,
         file,
@@ -503,11 +694,23 @@ fn latency_at(port: u16, file: &Path, rate: u64, seconds: u64) -> anyhow::Result
     if samples.is_empty() {
         bail!("no per-query latencies in dnsperf -v output");
     }
+    let cpu_s = cpu_ns(pid).saturating_sub(cpu_before) as f64 / 1e9;
     samples.sort_by(f64::total_cmp);
     let pick =
         |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)] * 1000.0;
     let qps = field(&text, "Queries per second").unwrap_or(0.0);
-    Ok((pick(0.5), pick(0.99), qps))
+    Ok(AtRate {
+        p50_ms: pick(0.5),
+        p99_ms: pick(0.99),
+        p999_ms: pick(0.999),
+        qps,
+        perf: Perf {
+            qps,
+            lost_pct: 0.0,
+            cpu_s,
+            answered: samples.len() as f64,
+        },
+    })
 }
 
 fn kdig_lines(port: u16, name: &str, qtype: &str) -> Vec<String> {
@@ -543,7 +746,7 @@ fn rcode_of(port: u16, name: &str, qtype: u16) -> Option<u8> {
 
 // ---------------------------------------------------------------- subcommands
 
-fn serve(services: usize, endpoints: usize, workers: usize) -> anyhow::Result<()> {
+fn serve(services: usize, endpoints: usize, workers: usize, poll_us: u64) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -552,6 +755,9 @@ fn serve(services: usize, endpoints: usize, workers: usize) -> anyhow::Result<()
         let shutdown = tokio_util::sync::CancellationToken::new();
         let options = portico_dns::Options {
             udp_workers: workers,
+            udp_tuning: portico_dns::server::UdpTuning {
+                poll: Duration::from_micros(poll_us),
+            },
             metrics_bind_address: None,
             ..portico_dns::Options::default()
         };
@@ -651,29 +857,40 @@ fn machine() -> String {
     )
 }
 
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn run(sizes: &[usize], seconds: u64, out: &Path, skip_latency: bool) -> anyhow::Result<()> {
     let mut report = String::new();
     let _ = writeln!(report, "# DNS benchmark results\n");
     let _ = writeln!(
         report,
-        "Generated by `cargo run --release -p portico-bench-dns -- run` on {}.\n\n{}\n",
+        "Generated by `cargo run --release -p portico-bench-dns -- run` on {}.\n\n{}\n\nLoad average (1/5/15 min) at the start: {}.\n",
         Command::new("date")
             .args(["-u", "+%Y-%m-%dT%H:%MZ"])
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default(),
-        machine()
+        machine(),
+        load_average()
     );
     let _ = writeln!(
         report,
-        "Method: each server alone on CPU 1 (`taskset -c 1`; ours with one UDP worker thread, Knot `udp-workers: 1`, NSD `server-count: 1`), \
-dnsperf 1 thread on CPU 0 (`-c 8 -q 400`, {seconds} s per run), UDP over 127.0.0.1. \
-Zone: Services `svc-i.ns-(i%100).svc.cluster.local` with an A record and `_http._tcp` SRV, 1% headless with 10 endpoints each \
+        "Method: each server alone on CPU 1 (`taskset -a -p -c 1` on every thread after start-up: Knot pins its UDP worker to CPU 0 by itself otherwise; \
+ours with one UDP worker thread, Knot `udp-workers: 1`, NSD `server-count: 1`), the load generator on CPU 0, UDP over 127.0.0.1, \
+{seconds} s per run. Zone: Services `svc-i.ns-(i%100).svc.cluster.local` with an A record and `_http._tcp` SRV, 1% headless with 10 endpoints each \
 (A per endpoint, per-endpoint names, SRV per endpoint), PTRs in `10.in-addr.arpa`; ours is fed the same Services and slices through its index. \
-Answers were compared with kdig before each run (rcode and sorted answer section).\n"
+Answers were compared with kdig before each run (rcode and sorted answer section). \
+Server CPU time is read from `/proc/PID/task/*/schedstat` (all threads, and NSD's child processes) before and after each run.\n"
     );
     // Ceiling: a trivial responder.
-    let echo_perf = {
+    let (echo_perf, echo_blast) = {
         let exe = std::env::current_exe()?;
         let mut child = Command::new("taskset")
             .args(["-c", "1"])
@@ -682,6 +899,7 @@ Answers were compared with kdig before each run (rcode and sorted answer section
             .stdout(Stdio::piped())
             .spawn()?;
         let stdout = child.stdout.take().context("no stdout")?;
+        let pid = child.id();
         let _guard = Guard {
             child,
             name: "echo".into(),
@@ -697,36 +915,47 @@ Answers were compared with kdig before each run (rcode and sorted answer section
             .context("echo port")?;
         let dir = tempfile::tempdir()?;
         let files = query_files(dir.path(), 1000)?;
-        max_rate(port, &files[1].1, seconds)?
+        (
+            max_rate(port, &files[1].1, seconds, pid)?,
+            blast_rate(port, &files[1].1, seconds, pid)?,
+        )
     };
     let _ = writeln!(
         report,
-        "Ceiling: a trivial UDP responder (recv, flip QR, send) on CPU 1 answers {:.0} qps under the same dnsperf settings.\n",
-        echo_perf.qps
+        "Ceiling: a trivial UDP responder (recv, flip QR, send; one datagram per system call) on CPU 1 answers {:.0} qps from dnsperf \
+(using {:.0}% of its CPU, so dnsperf is the limit) and {:.0} qps from our load generator (using {:.0}% of its CPU).\n",
+        echo_perf.qps,
+        100.0 * echo_perf.cpu_share(seconds as f64),
+        echo_blast.qps,
+        100.0 * echo_blast.cpu_share(seconds as f64),
     );
-    let _ = writeln!(
-        report,
-        "## Throughput (queries per second, one server core)\n"
-    );
-    let _ = writeln!(
-        report,
-        "| Services | mix | portico | Knot | NSD | portico/Knot | portico/NSD | lost % (p/K/N) |"
-    );
-    let _ = writeln!(report, "|---:|---|---:|---:|---:|---:|---:|---|");
+    let mut dnsperf_rows = String::new();
+    let mut blast_rows = String::new();
     let mut latency_rows = String::new();
+    let mut capacity_rows = String::new();
     let mut memory_rows = String::new();
     for &n in sizes {
-        eprintln!("== {n} Services");
+        eprintln!("== {n} Services (load average {})", load_average());
         let dir = tempfile::tempdir()?;
         std::fs::create_dir_all(dir.path().join("db"))?;
         zone_files(dir.path(), n)?;
         let files = query_files(dir.path(), n)?;
-        let (ours, ours_port) = start_ours(n, 0, 1)?;
+        let (ours, ours_port) = start_ours(n, 0, 1, 0)?;
+        let (polling, polling_port) = start_ours(n, 0, 1, POLL_US)?;
         let (knot, knot_port) = start_knot(dir.path())?;
         let (nsd, nsd_port) = start_nsd(dir.path())?;
         let probe_name = "svc-1.ns-1.svc.cluster.local";
-        for port in [ours_port, knot_port, nsd_port] {
+        for port in [ours_port, polling_port, knot_port, nsd_port] {
             wait_answering(port, probe_name)?;
+        }
+        pin_to_server_cpu(polling.child.id())?;
+        let servers = [
+            ("portico", ours_port, ours.child.id()),
+            ("Knot", knot_port, knot.child.id()),
+            ("NSD", nsd_port, nsd.child.id()),
+        ];
+        for (_, _, pid) in servers {
+            pin_to_server_cpu(pid)?;
         }
         // Same answers?
         let headless_i = 50;
@@ -768,11 +997,7 @@ Answers were compared with kdig before each run (rcode and sorted answer section
                 }
             }
         }
-        let rss = [
-            rss_kib(ours.child.id()),
-            rss_kib(knot.child.id()),
-            rss_kib(nsd.child.id()),
-        ];
+        let rss = servers.map(|(_, _, pid)| rss_kib(pid));
         let _ = writeln!(
             memory_rows,
             "| {n} (zone load) | {:.1} | {:.1} | {:.1} |",
@@ -780,53 +1005,126 @@ Answers were compared with kdig before each run (rcode and sorted answer section
             rss[1] as f64 / 1024.0,
             rss[2] as f64 / 1024.0
         );
+        let secs = seconds as f64;
         let mut our_q2 = 0.0;
         for (mix, file) in &files {
-            let p = max_rate(ours_port, file, seconds)?;
-            let k = max_rate(knot_port, file, seconds)?;
-            let d = max_rate(nsd_port, file, seconds)?;
+            let mut perfs = Vec::new();
+            let mut blasts = Vec::new();
+            for (_, port, pid) in servers {
+                perfs.push(max_rate(port, file, seconds, pid)?);
+            }
+            for (_, port, pid) in servers {
+                blasts.push(blast_rate(port, file, seconds, pid)?);
+            }
+            let (p, k, d) = (&perfs[0], &perfs[1], &perfs[2]);
             eprintln!(
-                "{n} {mix}: portico {:.0} knot {:.0} nsd {:.0}",
-                p.qps, k.qps, d.qps
+                "{n} {mix}: dnsperf portico {:.0} knot {:.0} nsd {:.0}; generator portico {:.0} knot {:.0} nsd {:.0}",
+                p.qps, k.qps, d.qps, blasts[0].qps, blasts[1].qps, blasts[2].qps
             );
             if mix.starts_with("Q2") {
                 our_q2 = p.qps;
             }
             let _ = writeln!(
-                report,
-                "| {n} | {mix} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2}/{:.2}/{:.2} |",
+                dnsperf_rows,
+                "| {n} | {mix} | {:.0} ({:.0}%) | {:.0} ({:.0}%) | {:.0} ({:.0}%) | {:.2} | {:.0} | {:.0} | {:.0} | {:.2}/{:.2}/{:.2} |",
                 p.qps,
+                100.0 * p.cpu_share(secs),
                 k.qps,
+                100.0 * k.cpu_share(secs),
                 d.qps,
+                100.0 * d.cpu_share(secs),
                 p.qps / k.qps,
-                p.qps / d.qps,
+                p.per_cpu_second(),
+                k.per_cpu_second(),
+                d.per_cpu_second(),
                 p.lost_pct,
                 k.lost_pct,
                 d.lost_pct
             );
-            let _ = (p.avg_ms, k.avg_ms, d.avg_ms);
-        }
-        let rate = (our_q2 / 2.0) as u64;
-        for (label, port) in [
-            ("portico", ours_port),
-            ("Knot", knot_port),
-            ("NSD", nsd_port),
-        ] {
-            let (p50, p99, achieved) = latency_at(port, &files[1].1, rate, 5)?;
+            let (p, k, d) = (&blasts[0], &blasts[1], &blasts[2]);
             let _ = writeln!(
-                latency_rows,
-                "| {n} | {label} | {rate} | {achieved:.0} | {p50:.3} | {p99:.3} |"
+                blast_rows,
+                "| {n} | {mix} | {:.0} ({:.0}%) | {:.0} ({:.0}%) | {:.0} ({:.0}%) | {:.2} | {:.0} | {:.0} | {:.0} | {:.2}/{:.2}/{:.2} |",
+                p.qps,
+                100.0 * p.cpu_share(secs),
+                k.qps,
+                100.0 * k.cpu_share(secs),
+                d.qps,
+                100.0 * d.cpu_share(secs),
+                p.qps / k.qps,
+                p.per_cpu_second(),
+                k.per_cpu_second(),
+                d.per_cpu_second(),
+                p.lost_pct,
+                k.lost_pct,
+                d.lost_pct
             );
         }
-        drop((ours, knot, nsd));
+        let rate = (our_q2 / 2.0) as u64;
+        let mut capacity = Vec::new();
+        for (label, port, pid) in servers {
+            let r = latency_at(port, &files[1].1, rate, seconds, pid)?;
+            let _ = writeln!(
+                latency_rows,
+                "| {n} | {label} | {rate} | {:.0} | {:.3} | {:.3} | {:.3} |",
+                r.qps, r.p50_ms, r.p99_ms, r.p999_ms
+            );
+            capacity.push(r.perf);
+        }
+        let r = latency_at(polling_port, &files[1].1, rate, seconds, polling.child.id())?;
+        let _ = writeln!(
+            latency_rows,
+            "| {n} | portico, polling {POLL_US} µs | {rate} | {:.0} | {:.3} | {:.3} | {:.3} |",
+            r.qps, r.p50_ms, r.p99_ms, r.p999_ms
+        );
+        let polling_cpu = 100.0 * r.perf.cpu_share(seconds as f64);
+        let _ = writeln!(
+            capacity_rows,
+            "| {n} | {rate} | portico polling {POLL_US} µs: {:.0} ({polling_cpu:.0}%) | | | |",
+            r.perf.per_cpu_second()
+        );
+        let _ = writeln!(
+            capacity_rows,
+            "| {n} | {rate} | {:.0} ({:.0}%) | {:.0} ({:.0}%) | {:.0} ({:.0}%) | {:.2} |",
+            capacity[0].per_cpu_second(),
+            100.0 * capacity[0].cpu_share(seconds as f64),
+            capacity[1].per_cpu_second(),
+            100.0 * capacity[1].cpu_share(seconds as f64),
+            capacity[2].per_cpu_second(),
+            100.0 * capacity[2].cpu_share(seconds as f64),
+            capacity[0].per_cpu_second() / capacity[1].per_cpu_second(),
+        );
+        drop((ours, polling, knot, nsd));
     }
     let _ = writeln!(
         report,
-        "\n## Latency at half of our maximum Q2 rate (dnsperf -Q, 5 s, per-query times from -v)\n"
+        "## Throughput with dnsperf (`-c 8 -q 400 -T 1`), one server core\n\n\
+qps (server CPU used, % of one core) | portico/Knot qps | answers per server CPU-second | lost %\n\n\
+| Services | mix | portico | Knot | NSD | p/K | portico /CPU-s | Knot /CPU-s | NSD /CPU-s | lost % (p/K/N) |\n\
+|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
+    report.push_str(&dnsperf_rows);
+    let _ = writeln!(
+        report,
+        "\n## Throughput with our load generator (`bench/dns/src/blast.rs`: 4 sockets × 256 outstanding, sendmmsg/recvmmsg batches of 32), one server core\n\n\
+| Services | mix | portico | Knot | NSD | p/K | portico /CPU-s | Knot /CPU-s | NSD /CPU-s | lost % (p/K/N) |\n\
+|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
+    report.push_str(&blast_rows);
+    let _ = writeln!(
+        report,
+        "\n## Capacity per core at a fixed rate (the latency runs below: dnsperf -Q at half of our Q2 dnsperf maximum)\n\n\
+Answers per second of server CPU time (share of one core used during the run):\n\n\
+| Services | rate qps | portico | Knot | NSD | portico/Knot |\n|---:|---:|---:|---:|---:|---:|"
+    );
+    report.push_str(&capacity_rows);
+    let _ = writeln!(
+        report,
+        "\n## Latency at half of our maximum Q2 rate (dnsperf -Q, {seconds} s, per-query times from -v)\n"
     );
     let _ = writeln!(
         report,
-        "| Services | server | target qps | achieved qps | p50 ms | p99 ms |\n|---:|---|---:|---:|---:|---:|"
+        "| Services | server | target qps | achieved qps | p50 ms | p99 ms | p99.9 ms |\n|---:|---|---:|---:|---:|---:|---:|"
     );
     report.push_str(&latency_rows);
     let _ = writeln!(report, "\n## Memory (RSS, MiB)\n");
@@ -836,7 +1134,7 @@ Answers were compared with kdig before each run (rcode and sorted answer section
     );
     report.push_str(&memory_rows);
     {
-        let (ours, _port) = start_ours(10_000, 10, 1)?;
+        let (ours, _port) = start_ours(10_000, 10, 1, 0)?;
         std::thread::sleep(Duration::from_millis(500));
         let rss = rss_kib(ours.child.id());
         let _ = writeln!(
@@ -856,6 +1154,11 @@ Answers were compared with kdig before each run (rcode and sorted answer section
             "\n## Programming latency: Service create in the API → correct answer\n\n{text}"
         );
     }
+    let _ = writeln!(
+        report,
+        "\nLoad average (1/5/15 min) at the end: {}.",
+        load_average()
+    );
     std::fs::write(out, &report)?;
     println!("{report}");
     Ok(())

@@ -29,6 +29,13 @@ pub enum ZoneOutcome {
     External(Arc<[u8]>),
 }
 
+fn address_rdata(ip: IpAddr) -> Rdata {
+    match ip {
+        IpAddr::V4(v4) => Rdata::A(v4),
+        IpAddr::V6(v6) => Rdata::Aaaa(v6),
+    }
+}
+
 /// Returns the relative part of `name` when it lies inside `zone` (at a label boundary).
 pub fn split_zone<'a>(name: &'a [u8], zone: &Zone) -> Option<&'a [u8]> {
     let mut pos = 0;
@@ -72,15 +79,21 @@ impl Writer<'_, '_> {
     }
 
     fn address(&mut self, owner: Owner<'_>, rdata: &Rdata) {
+        if matches!(rdata, Rdata::A(_) | Rdata::Aaaa(_)) {
+            self.owner(owner);
+            self.address_rdata(rdata);
+        }
+    }
+
+    /// The type, TTL and data of an A/AAAA record whose owner is already written.
+    fn address_rdata(&mut self, rdata: &Rdata) {
         match rdata {
             Rdata::A(v4) => {
-                self.owner(owner);
                 let at = self.resp.rr_fixed(wire::TYPE_A, self.ttl);
                 self.resp.buf.extend_from_slice(&v4.octets());
                 self.resp.end_rdata(at);
             }
             Rdata::Aaaa(v6) => {
-                self.owner(owner);
                 let at = self.resp.rr_fixed(wire::TYPE_AAAA, self.ttl);
                 self.resp.buf.extend_from_slice(&v6.octets());
                 self.resp.end_rdata(at);
@@ -133,10 +146,26 @@ impl Writer<'_, '_> {
                 wire::TYPE_NS => {
                     self.owner(owner);
                     let at = self.resp.rr_fixed(wire::TYPE_NS, self.ttl);
+                    let target = self.resp.buf.len();
                     self.resp.buf.extend_from_slice(b"\x02ns\x03dns");
                     self.resp.pointer(self.zone_at);
                     self.resp.end_rdata(at);
                     self.resp.answers += 1;
+                    // Glue: the addresses of the name server, while they fit.
+                    if let Ok(target) = u16::try_from(target)
+                        && target < 0x4000
+                    {
+                        for ip in index.nameserver_addresses() {
+                            let mark = self.resp.buf.len();
+                            self.resp.pointer(target);
+                            self.address_rdata(&address_rdata(*ip));
+                            if self.resp.buf.len() + 11 > self.max_len {
+                                self.resp.buf.truncate(mark);
+                                break;
+                            }
+                            self.resp.additional += 1;
+                        }
+                    }
                 }
                 wire::TYPE_ANY => self.hinfo_rfc8482(owner),
                 _ => self.nodata(),
@@ -156,16 +185,27 @@ impl Writer<'_, '_> {
                 }
             }
             Found::Pod(ip) => {
-                let rdata = match ip {
-                    IpAddr::V4(v4) => Rdata::A(*v4),
-                    IpAddr::V6(v6) => Rdata::Aaaa(*v6),
-                };
+                let rdata = address_rdata(*ip);
                 if qtype == rdata.rtype() || qtype == wire::TYPE_ANY {
                     self.address(owner, &rdata);
                     self.resp.answers += 1;
                 } else {
                     self.nodata();
                 }
+            }
+            Found::Nameserver => {
+                let mut written = 0;
+                for ip in index.nameserver_addresses() {
+                    let rdata = address_rdata(*ip);
+                    if qtype == rdata.rtype() || qtype == wire::TYPE_ANY {
+                        self.address(owner, &rdata);
+                        written += 1;
+                    }
+                }
+                if written == 0 {
+                    self.nodata();
+                }
+                self.resp.answers += written;
             }
             Found::NxDomain => {
                 self.resp.set_rcode(wire::RCODE_NXDOMAIN);

@@ -82,6 +82,7 @@ impl Args {
             autopath: self.autopath,
             metrics_bind_address: Some(self.metrics_bind_address),
             udp_workers: self.udp_workers.unwrap_or_else(default_workers),
+            udp_tuning: crate::server::UdpTuning::default(),
         })
     }
 }

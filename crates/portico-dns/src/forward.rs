@@ -1,8 +1,10 @@
 //! Forwarding names outside the cluster zone to upstream resolvers, with an answer cache.
 //!
 //! Owns: the upstream exchange (UDP with a fresh socket and random ID per query, TCP when the
-//! answer is truncated, next upstream on timeout), the cache (bounded entry count, TTLs aged on
-//! every hit) and re-framing cached answers for each client (ID, question case, OPT, size).
+//! answer is truncated, next upstream on timeout), in-flight coalescing (identical questions
+//! arriving while one is outstanding wait for its answer instead of asking again, with a bound
+//! on waiters), the cache (bounded entry count, TTLs aged on every hit) and re-framing cached
+//! answers for each client (ID, question case, OPT, size).
 //! Must not: be reached by clients outside the recursion ACL (the engine checks that), or cache
 //! anything from the cluster zone (those answers change with the API).
 
@@ -22,12 +24,77 @@ const CACHE_CAPACITY: usize = 10_000;
 const MAX_CACHE_TTL: u32 = 3600;
 /// Per-upstream timeout of one exchange.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Queries that may wait for one outstanding identical question; more get an error (SERVFAIL)
+/// instead of unbounded memory.
+pub const MAX_WAITERS: usize = 1024;
 
+/// A question as the cache and the in-flight table see it. Forwarded questions are always
+/// class IN (the engine refuses other classes), so the class is part of the key only to keep
+/// the key the full question.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct CacheKey {
     name: Box<[u8]>,
     qtype: u16,
+    qclass: u16,
     dnssec_ok: bool,
+}
+
+impl CacheKey {
+    fn new(name: &[u8], qtype: u16, dnssec_ok: bool) -> CacheKey {
+        CacheKey {
+            name: Box::from(name),
+            qtype,
+            qclass: wire::CLASS_IN,
+            dnssec_ok,
+        }
+    }
+}
+
+/// The outcome of one upstream resolution, shared with the queries that waited for it.
+type Outcome = Option<Result<Arc<Cached>, Arc<str>>>;
+
+/// One outstanding upstream question and the queries waiting for it.
+struct Flight {
+    result: tokio::sync::watch::Sender<Outcome>,
+    /// Separate from the flight so a waiter does not keep the sender (and with it a cancelled
+    /// leader's channel) alive.
+    waiters: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Removes the leader's flight when it finishes or is cancelled (its waiters then see the
+/// channel close and ask again themselves).
+struct FlightGuard<'a> {
+    inflight: &'a Mutex<HashMap<CacheKey, Arc<Flight>>>,
+    key: &'a CacheKey,
+    flight: &'a Arc<Flight>,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        let Ok(mut inflight) = self.inflight.lock() else {
+            return;
+        };
+        if inflight
+            .get(self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, self.flight))
+        {
+            inflight.remove(self.key);
+        }
+    }
+}
+
+/// Counts a waiter for as long as it waits.
+struct WaiterGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for WaiterGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+enum Role {
+    Leader(Arc<Flight>),
+    Follower(WaiterGuard, tokio::sync::watch::Receiver<Outcome>),
 }
 
 /// An upstream answer ready to be re-framed for any client.
@@ -121,14 +188,35 @@ impl Cached {
 pub struct Forwarder {
     upstreams: Vec<SocketAddr>,
     cache: Mutex<HashMap<CacheKey, Arc<Cached>>>,
+    inflight: Mutex<HashMap<CacheKey, Arc<Flight>>>,
+    timeout: Duration,
+    max_waiters: usize,
 }
 
 impl Forwarder {
     pub fn new(upstreams: Vec<SocketAddr>) -> Forwarder {
+        Forwarder::with_limits(upstreams, UPSTREAM_TIMEOUT, MAX_WAITERS)
+    }
+
+    /// A forwarder with a per-upstream `timeout` and at most `max_waiters` queries waiting for
+    /// one outstanding question.
+    pub fn with_limits(
+        upstreams: Vec<SocketAddr>,
+        timeout: Duration,
+        max_waiters: usize,
+    ) -> Forwarder {
         Forwarder {
             upstreams,
             cache: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
+            timeout,
+            max_waiters,
         }
+    }
+
+    /// Questions currently outstanding upstream.
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.lock().map(|f| f.len()).unwrap_or(0)
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -141,17 +229,14 @@ impl Forwarder {
 
     /// A live cached answer for this name and type.
     pub fn cached(&self, name: &[u8], qtype: u16, dnssec_ok: bool) -> Option<Arc<Cached>> {
-        let key = CacheKey {
-            name: Box::from(name),
-            qtype,
-            dnssec_ok,
-        };
+        let key = CacheKey::new(name, qtype, dnssec_ok);
         let cache = self.cache.lock().ok()?;
         let entry = cache.get(&key)?;
         (entry.expires > Instant::now()).then(|| entry.clone())
     }
 
-    /// Resolves a lowercase absolute wire name upstream (cache first).
+    /// Resolves a lowercase absolute wire name upstream (cache first). An identical question
+    /// already outstanding is not asked again: this call waits for its answer.
     pub async fn resolve(
         &self,
         name: &[u8],
@@ -161,9 +246,79 @@ impl Forwarder {
         if let Some(hit) = self.cached(name, qtype, dnssec_ok) {
             return Ok(hit);
         }
+        let key = CacheKey::new(name, qtype, dnssec_ok);
+        // A waiter whose leader was cancelled asks again (once as leader at the latest).
+        for _ in 0..3 {
+            match self.role(&key)? {
+                Role::Leader(flight) => {
+                    let guard = FlightGuard {
+                        inflight: &self.inflight,
+                        key: &key,
+                        flight: &flight,
+                    };
+                    let result = self.fetch(name, qtype, dnssec_ok).await;
+                    // Leave the table before publishing: later questions find the cache (or
+                    // start a new flight), never a finished one.
+                    drop(guard);
+                    let shared = match &result {
+                        Ok(cached) => Ok(cached.clone()),
+                        Err(e) => Err(Arc::from(format!("{e:#}"))),
+                    };
+                    flight.result.send_replace(Some(shared));
+                    return result;
+                }
+                Role::Follower(_waiting, mut result) => {
+                    let wait = self.timeout * 2 * (self.upstreams.len().max(1) as u32);
+                    match tokio::time::timeout(wait, result.wait_for(Option::is_some)).await {
+                        Ok(Ok(outcome)) => {
+                            return match outcome.as_ref() {
+                                Some(Ok(cached)) => Ok(cached.clone()),
+                                Some(Err(e)) => Err(anyhow::anyhow!("{e}")),
+                                None => continue,
+                            };
+                        }
+                        Ok(Err(_leader_gone)) => continue,
+                        Err(_) => {
+                            anyhow::bail!("timed out waiting for an identical upstream query")
+                        }
+                    }
+                }
+            }
+        }
+        anyhow::bail!("the upstream query this one waited for was abandoned")
+    }
+
+    /// Joins the outstanding flight for `key` or starts one.
+    fn role(&self, key: &CacheKey) -> anyhow::Result<Role> {
+        let mut inflight = self
+            .inflight
+            .lock()
+            .map_err(|_| anyhow::anyhow!("in-flight table poisoned"))?;
+        if let Some(flight) = inflight.get(key) {
+            let waiting = flight
+                .waiters
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let guard = WaiterGuard(flight.waiters.clone());
+            anyhow::ensure!(
+                waiting < self.max_waiters,
+                "{} queries already wait for this upstream answer",
+                self.max_waiters
+            );
+            return Ok(Role::Follower(guard, flight.result.subscribe()));
+        }
+        let flight = Arc::new(Flight {
+            result: tokio::sync::watch::Sender::new(None),
+            waiters: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        });
+        inflight.insert(key.clone(), flight.clone());
+        Ok(Role::Leader(flight))
+    }
+
+    /// Asks the upstreams in order and caches the answer.
+    async fn fetch(&self, name: &[u8], qtype: u16, dnssec_ok: bool) -> anyhow::Result<Arc<Cached>> {
         let mut last_error = anyhow::anyhow!("no upstream resolvers are configured");
         for upstream in &self.upstreams {
-            match exchange(*upstream, name, qtype, dnssec_ok).await {
+            match exchange(*upstream, name, qtype, dnssec_ok, self.timeout).await {
                 Ok(msg) => {
                     let Some(cached) = Cached::from_upstream(msg) else {
                         last_error = anyhow::anyhow!("malformed answer from {upstream}");
@@ -195,14 +350,7 @@ impl Forwarder {
                 cache.remove(&victim);
             }
         }
-        cache.insert(
-            CacheKey {
-                name: Box::from(name),
-                qtype,
-                dnssec_ok,
-            },
-            entry,
-        );
+        cache.insert(CacheKey::new(name, qtype, dnssec_ok), entry);
     }
 }
 
@@ -212,6 +360,7 @@ async fn exchange(
     name: &[u8],
     qtype: u16,
     dnssec_ok: bool,
+    timeout: Duration,
 ) -> anyhow::Result<Vec<u8>> {
     let id: u16 = rand::random();
     let edns = Edns {
@@ -228,7 +377,7 @@ async fn exchange(
     socket.connect(upstream).await?;
     socket.send(&query).await?;
     let mut buf = vec![0u8; 65535];
-    let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let n = tokio::time::timeout_at(deadline, socket.recv(&mut buf))
             .await
@@ -238,7 +387,7 @@ async fn exchange(
             continue;
         }
         if wire::is_truncated(reply) {
-            return exchange_tcp(upstream, &query, id, name, qtype).await;
+            return exchange_tcp(upstream, &query, id, name, qtype, timeout).await;
         }
         return Ok(reply.to_vec());
     }
@@ -250,6 +399,7 @@ async fn exchange_tcp(
     id: u16,
     name: &[u8],
     qtype: u16,
+    timeout: Duration,
 ) -> anyhow::Result<Vec<u8>> {
     let work = async {
         let mut stream = TcpStream::connect(upstream).await?;
@@ -266,7 +416,7 @@ async fn exchange_tcp(
         );
         Ok(reply)
     };
-    tokio::time::timeout(UPSTREAM_TIMEOUT, work)
+    tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| anyhow::anyhow!("TCP timed out"))?
 }
@@ -335,6 +485,143 @@ pub fn expanded_answers(msg: &[u8]) -> Option<(Vec<u8>, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A fake upstream on 127.0.0.1 that counts queries and answers each after `delay` with
+    /// one A record (or never, when `answer` is false).
+    async fn fake_upstream(delay: Duration, answer: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = socket.local_addr().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+                    return;
+                };
+                seen.fetch_add(1, Ordering::SeqCst);
+                if !answer {
+                    continue;
+                }
+                let Ok(q) = wire::parse_query(&buf[..n]) else {
+                    continue;
+                };
+                let mut reply = buf[..q.question_end].to_vec();
+                reply[2] |= 0x80;
+                reply[6..12].copy_from_slice(&[0, 1, 0, 0, 0, 0]);
+                reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 7]);
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = socket.send_to(&reply, peer).await;
+                });
+            }
+        });
+        (addr, count)
+    }
+
+    const NAME: &[u8] = b"\x07example\x03com\x00";
+
+    #[tokio::test]
+    async fn identical_questions_share_one_upstream_query() {
+        let (upstream, count) = fake_upstream(Duration::from_millis(150), true).await;
+        let forwarder = Arc::new(Forwarder::new(vec![upstream]));
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let forwarder = forwarder.clone();
+            tasks.push(tokio::spawn(async move {
+                forwarder.resolve(NAME, wire::TYPE_A, false).await
+            }));
+        }
+        // A different DO bit and a different type are different questions.
+        let other_do = forwarder.resolve(NAME, wire::TYPE_A, true);
+        let other_type = forwarder.resolve(NAME, wire::TYPE_AAAA, false);
+        let (a, b) = tokio::join!(other_do, other_type);
+        assert!(a.is_ok() && b.is_ok());
+        for task in tasks {
+            let answer = task.await.unwrap().unwrap();
+            assert!(answer.message().ends_with(&[192, 0, 2, 7]));
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+        assert_eq!(forwarder.inflight_len(), 0);
+        // Afterwards the cache answers without asking again.
+        forwarder.resolve(NAME, wire::TYPE_A, false).await.unwrap();
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn waiters_are_bounded() {
+        let (upstream, count) = fake_upstream(Duration::from_millis(300), true).await;
+        let forwarder = Arc::new(Forwarder::with_limits(
+            vec![upstream],
+            Duration::from_secs(2),
+            4,
+        ));
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let forwarder = forwarder.clone();
+            tasks.push(tokio::spawn(async move {
+                forwarder.resolve(NAME, wire::TYPE_A, false).await
+            }));
+            // Let each one reach the table in order.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut ok = 0;
+        let mut refused = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(_) => refused += 1,
+            }
+        }
+        // One leader plus four waiters; the other five are turned away.
+        assert_eq!((ok, refused), (5, 5));
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn waiters_share_the_timeout() {
+        let (upstream, count) = fake_upstream(Duration::ZERO, false).await;
+        let forwarder = Arc::new(Forwarder::with_limits(
+            vec![upstream],
+            Duration::from_millis(200),
+            MAX_WAITERS,
+        ));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..5 {
+            let forwarder = forwarder.clone();
+            tasks.push(tokio::spawn(async move {
+                forwarder.resolve(NAME, wire::TYPE_A, false).await
+            }));
+        }
+        for task in tasks {
+            assert!(task.await.unwrap().is_err());
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        assert_eq!(forwarder.inflight_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn waiters_of_a_cancelled_query_ask_again() {
+        let (upstream, count) = fake_upstream(Duration::from_millis(200), true).await;
+        let forwarder = Arc::new(Forwarder::new(vec![upstream]));
+        let leader = {
+            let forwarder = forwarder.clone();
+            tokio::spawn(async move { forwarder.resolve(NAME, wire::TYPE_A, false).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let follower = {
+            let forwarder = forwarder.clone();
+            tokio::spawn(async move { forwarder.resolve(NAME, wire::TYPE_A, false).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        leader.abort();
+        assert!(follower.await.unwrap().is_ok());
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn render_ages_and_reframes() {

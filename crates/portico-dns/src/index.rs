@@ -156,6 +156,8 @@ pub enum Found<'a> {
     DnsVersion,
     /// A pod record.
     Pod(IpAddr),
+    /// `ns.dns.<zone>`, the name server the SOA and NS records name.
+    Nameserver,
     /// No such name.
     NxDomain,
 }
@@ -186,7 +188,16 @@ pub struct Index {
     pod_ips: FastMap<IpAddr, Vec<Arc<str>>>,
     next_owner: u32,
     serial: u32,
+    /// Cluster IPs of the DNS Service (`kube-system/kube-dns`), the addresses of
+    /// `ns.dns.<zone>` when present (what clients are configured with).
+    dns_service_ips: Vec<IpAddr>,
+    /// This server's own addresses, used for `ns.dns.<zone>` when there is no DNS Service.
+    own_addresses: Vec<IpAddr>,
 }
+
+/// The Service that fronts the cluster DNS by convention (kubelet's `clusterDNS` points at it,
+/// whatever server runs behind it).
+pub const DNS_SERVICE: (&str, &str) = ("kube-system", "kube-dns");
 
 impl Index {
     pub fn new(zone: Zone, pod_mode: PodMode) -> Index {
@@ -202,6 +213,28 @@ impl Index {
             pod_ips: FastMap::default(),
             next_owner: 1,
             serial: 1,
+            dns_service_ips: Vec::new(),
+            own_addresses: Vec::new(),
+        }
+    }
+
+    /// Sets this server's own addresses (answered for `ns.dns.<zone>` when no DNS Service
+    /// exists). Unspecified addresses are ignored.
+    pub fn set_own_addresses(&mut self, addresses: &[IpAddr]) {
+        self.own_addresses = addresses
+            .iter()
+            .copied()
+            .filter(|ip| !ip.is_unspecified())
+            .collect();
+        self.serial = self.serial.wrapping_add(1);
+    }
+
+    /// Addresses of `ns.dns.<zone>`: the DNS Service's cluster IPs, else our own addresses.
+    pub fn nameserver_addresses(&self) -> &[IpAddr] {
+        if self.dns_service_ips.is_empty() {
+            &self.own_addresses
+        } else {
+            &self.dns_service_ips
         }
     }
 
@@ -369,7 +402,8 @@ impl Index {
             return Found::NxDomain;
         };
         match &array[..n] {
-            [b"svc"] | [b"pod"] => Found::EmptyNonTerminal,
+            [b"svc"] | [b"pod"] | [b"dns"] => Found::EmptyNonTerminal,
+            [b"ns", b"dns"] => Found::Nameserver,
             [b"dns-version"] => Found::DnsVersion,
             [ns, b"svc"] => {
                 if self.namespaces.contains_key(*ns) {
@@ -452,6 +486,15 @@ impl Index {
             Some(svc) => contributions(svc, &state.slices),
             None => (Vec::new(), Vec::new()),
         };
+        if (key.0.as_str(), key.1.as_str()) == DNS_SERVICE {
+            self.dns_service_ips = match &state.record {
+                Some(ServiceRecord {
+                    kind: ServiceKind::ClusterIp(ips),
+                    ..
+                }) => ips.clone(),
+                _ => Vec::new(),
+            };
+        }
         let old_names = std::mem::take(&mut state.names);
         let old_ptrs = std::mem::take(&mut state.ptrs);
         let mut new_names: Vec<Box<[u8]>> = Vec::with_capacity(names.len());

@@ -42,6 +42,8 @@ pub struct Options {
     /// `None` serves no metrics/health endpoint.
     pub metrics_bind_address: Option<SocketAddr>,
     pub udp_workers: usize,
+    /// How the UDP workers wait for queries.
+    pub udp_tuning: server::UdpTuning,
 }
 
 impl Default for Options {
@@ -60,6 +62,7 @@ impl Default for Options {
             autopath: Autopath::Off,
             metrics_bind_address: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             udp_workers: cli::default_workers(),
+            udp_tuning: server::UdpTuning::default(),
         }
     }
 }
@@ -123,6 +126,44 @@ pub async fn start(
     Ok(handle)
 }
 
+/// The addresses `ns.dns.<zone>` names when no DNS Service exists: the listen address, or for
+/// a wildcard listen address the host's interface addresses (loopback when it has no other).
+fn own_addresses(listen: std::net::IpAddr) -> Vec<std::net::IpAddr> {
+    if !listen.is_unspecified() {
+        return vec![listen];
+    }
+    let mut found: Vec<std::net::IpAddr> = nix::ifaddrs::getifaddrs()
+        .map(|addrs| {
+            addrs
+                .filter_map(|a| {
+                    let a = a.address?;
+                    let ip = match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
+                        (Some(v4), _) => std::net::IpAddr::V4(v4.ip()),
+                        (_, Some(v6)) => std::net::IpAddr::V6(v6.ip()),
+                        _ => return None,
+                    };
+                    let link_local = match ip {
+                        std::net::IpAddr::V4(v4) => v4.is_link_local(),
+                        std::net::IpAddr::V6(v6) => v6.is_unicast_link_local(),
+                    };
+                    (!ip.is_loopback() && !link_local && (listen.is_ipv6() || ip.is_ipv4()))
+                        .then_some(ip)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found.dedup();
+    if found.is_empty() {
+        found.push(if listen.is_ipv6() {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        });
+    }
+    found
+}
+
 /// Starts the server without watches; the caller fills `handle.index()` and then calls
 /// `handle.engine().set_synced(true)`.
 pub async fn start_unsynced(opts: Options, shutdown: CancellationToken) -> anyhow::Result<Handle> {
@@ -133,6 +174,9 @@ pub async fn start_unsynced(opts: Options, shutdown: CancellationToken) -> anyho
     let (udp_sockets, tcp) = server::bind(opts.listen, workers)?;
     let udp_addr = udp_sockets[0].local_addr()?;
     let tcp_addr = tcp.local_addr()?;
+    if let Ok(mut index) = index.write() {
+        index.set_own_addresses(&own_addresses(udp_addr.ip()));
+    }
     let upstream: Vec<SocketAddr> = opts
         .upstream
         .iter()
@@ -157,11 +201,12 @@ pub async fn start_unsynced(opts: Options, shutdown: CancellationToken) -> anyho
         let runtime = runtime.clone();
         let deferred = deferred.clone();
         let shutdown = shutdown.clone();
+        let tuning = opts.udp_tuning;
         threads.push(
             std::thread::Builder::new()
                 .name(format!("dns-udp-{worker}"))
                 .spawn(move || {
-                    server::udp_worker(worker, socket, engine, runtime, deferred, shutdown)
+                    server::udp_worker(worker, socket, engine, runtime, deferred, shutdown, tuning)
                 })
                 .context("starting a UDP worker")?,
         );

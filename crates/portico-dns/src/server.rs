@@ -5,11 +5,17 @@
 //! on the hot path), TCP framing with idle timeouts and a connection limit, `/metrics`,
 //! `/healthz`, `/readyz`. Must not: decide answers (the engine does).
 
+use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
+use std::os::fd::{AsRawFd as _, RawFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use nix::errno::Errno;
+use nix::sys::socket::{
+    ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
+};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -77,7 +83,42 @@ pub fn bind(
     Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no free port")))
 }
 
-/// Runs one UDP worker until `shutdown`.
+/// Datagrams taken from the kernel per `recvmmsg` and answered per `sendmmsg`.
+const BATCH: usize = 32;
+/// Receive buffer per datagram. Queries are small (a question and an OPT record); a longer
+/// datagram arrives cut and is answered FORMERR.
+const QUERY_BUFFER: usize = 4096;
+/// How often a blocked worker wakes up to check for shutdown.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
+
+/// Tuning of the UDP workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UdpTuning {
+    /// After answering, keep polling the socket without sleeping for this long before blocking
+    /// again. Zero never polls. A sleeping thread is woken through the scheduler (on a virtual
+    /// machine: a halted vCPU the host must run again), which costs far more than the answer;
+    /// polling only happens while queries keep arriving within this window, so an idle server
+    /// still sleeps.
+    pub poll: Duration,
+}
+
+impl Default for UdpTuning {
+    fn default() -> UdpTuning {
+        UdpTuning {
+            poll: Duration::from_micros(50),
+        }
+    }
+}
+
+/// One received datagram: its length and sender.
+#[derive(Clone, Copy)]
+struct Received {
+    len: usize,
+    peer: Option<SocketAddr>,
+}
+
+/// Runs one UDP worker until `shutdown`: `recvmmsg` a batch (blocking for the first datagram),
+/// answer each from the engine, `sendmmsg` the answers.
 pub fn udp_worker(
     worker: usize,
     socket: StdUdpSocket,
@@ -85,26 +126,37 @@ pub fn udp_worker(
     runtime: tokio::runtime::Handle,
     deferred: Arc<Semaphore>,
     shutdown: CancellationToken,
+    tuning: UdpTuning,
 ) {
     let socket = Arc::new(socket);
-    if let Err(e) = socket.set_read_timeout(Some(Duration::from_millis(200))) {
+    if let Err(e) = socket.set_read_timeout(Some(SHUTDOWN_POLL)) {
         tracing::error!(error = %e, "cannot set a read timeout on the UDP socket");
         return;
     }
-    let mut packet = vec![0u8; 65535];
-    let mut out = Vec::with_capacity(65535);
+    let fd = socket.as_raw_fd();
+    let mut queries: Box<[[u8; QUERY_BUFFER]; BATCH]> = Box::new([[0u8; QUERY_BUFFER]; BATCH]);
+    let mut answers: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1500)).collect();
+    let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut received = [Received { len: 0, peer: None }; BATCH];
+    // (answer buffer, length) and destination of every reply of the batch.
+    let mut replies: Vec<(usize, usize)> = Vec::with_capacity(BATCH);
+    let mut destinations: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
     let slot = engine.stats().slot(worker);
+    let mut last_datagram: Option<Instant> = None;
     while !shutdown.is_cancelled() {
-        let (len, peer) = match socket.recv_from(&mut packet) {
-            Ok(v) => v,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) =>
-            {
+        let polling = last_datagram.is_some_and(|t| t.elapsed() < tuning.poll);
+        let flags = if polling {
+            MsgFlags::MSG_DONTWAIT
+        } else {
+            MsgFlags::MSG_WAITFORONE
+        };
+        let count = match receive_batch(fd, &mut recv_headers, &mut queries, flags, &mut received) {
+            Ok(count) => count,
+            Err(Errno::EAGAIN | Errno::EINTR) => {
+                if polling {
+                    std::hint::spin_loop();
+                }
                 continue;
             }
             Err(e) => {
@@ -112,29 +164,122 @@ pub fn udp_worker(
                 continue;
             }
         };
-        match engine.handle(&packet[..len], peer.ip(), Transport::Udp, &mut out, slot) {
-            Action::Reply(n) => {
-                if let Err(e) = socket.send_to(&out[..n], peer) {
-                    tracing::debug!(error = %e, %peer, "UDP send failed");
+        if !tuning.poll.is_zero() {
+            last_datagram = Some(Instant::now());
+        }
+        replies.clear();
+        destinations.clear();
+        for (i, datagram) in received[..count].iter().enumerate() {
+            let Some(peer) = datagram.peer else {
+                continue;
+            };
+            let packet = &queries[i][..datagram.len.min(QUERY_BUFFER)];
+            let out = &mut answers[i];
+            match engine.handle(packet, peer.ip(), Transport::Udp, out, slot) {
+                Action::Reply(n) => {
+                    replies.push((i, n));
+                    destinations.push(Some(SockaddrStorage::from(peer)));
                 }
+                Action::Deferred(work) => {
+                    let Ok(permit) = deferred.clone().try_acquire_owned() else {
+                        continue;
+                    };
+                    let engine = engine.clone();
+                    let socket = socket.clone();
+                    runtime.spawn(async move {
+                        let bytes = engine.complete(work).await;
+                        if !bytes.is_empty() {
+                            let _ = socket.send_to(&bytes, peer);
+                        }
+                        drop(permit);
+                    });
+                }
+                Action::Drop => {}
             }
-            Action::Deferred(work) => {
-                let Ok(permit) = deferred.clone().try_acquire_owned() else {
-                    continue;
-                };
-                let engine = engine.clone();
-                let socket = socket.clone();
-                runtime.spawn(async move {
-                    let bytes = engine.complete(work).await;
-                    if !bytes.is_empty() {
-                        let _ = socket.send_to(&bytes, peer);
+        }
+        send_batch(
+            fd,
+            &mut send_headers,
+            &answers,
+            &replies,
+            &destinations,
+            &socket,
+        );
+    }
+}
+
+/// One `recvmmsg`; fills `received[..n]` and returns n.
+fn receive_batch(
+    fd: RawFd,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    buffers: &mut [[u8; QUERY_BUFFER]; BATCH],
+    flags: MsgFlags,
+    received: &mut [Received; BATCH],
+) -> Result<usize, Errno> {
+    let mut slices = buffers.each_mut().map(|b| [IoSliceMut::new(&mut b[..])]);
+    let results = recvmmsg(fd, headers, slices.iter_mut(), flags, None)?;
+    let mut n = 0;
+    for (message, slot) in results.zip(received.iter_mut()) {
+        *slot = Received {
+            len: message.bytes,
+            peer: message.address.and_then(|a| std_address(&a)),
+        };
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// `sendmmsg` of every reply; a datagram the kernel refuses is skipped (and sent alone once,
+/// so one bad destination costs only its own answer).
+fn send_batch(
+    fd: RawFd,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    answers: &[Vec<u8>],
+    replies: &[(usize, usize)],
+    destinations: &[Option<SockaddrStorage>],
+    socket: &StdUdpSocket,
+) {
+    let mut from = 0;
+    while from < replies.len() {
+        let pending = &replies[from..];
+        let slices: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|k| {
+            [IoSlice::new(
+                pending.get(k).map_or(&[][..], |&(i, n)| &answers[i][..n]),
+            )]
+        });
+        let no_control: [ControlMessage<'_>; 0] = [];
+        match sendmmsg(
+            fd,
+            headers,
+            slices[..pending.len().min(BATCH)].iter(),
+            &destinations[from..],
+            no_control,
+            MsgFlags::empty(),
+        ) {
+            Ok(results) => from += results.count().max(1),
+            Err(Errno::EINTR) => {}
+            Err(e) => {
+                let (i, n) = replies[from];
+                if let Some(peer) = destinations[from].as_ref().and_then(std_address) {
+                    if let Err(e) = socket.send_to(&answers[i][..n], peer) {
+                        tracing::debug!(error = %e, %peer, "UDP send failed");
                     }
-                    drop(permit);
-                });
+                } else {
+                    tracing::debug!(error = %e, "UDP send failed");
+                }
+                from += 1;
             }
-            Action::Drop => {}
         }
     }
+}
+
+fn std_address(address: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = address.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    address
+        .as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6((*v6).into()))
 }
 
 /// Accepts TCP connections until `shutdown`.

@@ -316,7 +316,25 @@ async fn run<K: Indexed>(
                 continue;
             }
         };
-        let list_done = {
+        let list_done = if matches!(event, Event::InitDone) {
+            // A relist's deletions take the write lock once per object, so queries never wait
+            // behind a whole-index sweep.
+            let stale: Vec<(String, String)> = match index.read() {
+                Ok(index) => K::keys(&index)
+                    .into_iter()
+                    .filter(|key| !seen.contains(key))
+                    .collect(),
+                Err(_) => return,
+            };
+            for (namespace, name) in stale {
+                let Ok(mut index) = index.write() else {
+                    return;
+                };
+                K::delete(&mut index, &namespace, &name);
+            }
+            seen = HashSet::new();
+            true
+        } else {
             let Ok(mut index) = index.write() else {
                 return;
             };

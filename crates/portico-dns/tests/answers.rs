@@ -220,3 +220,37 @@ fn unsynced_is_servfail_and_outsiders_are_refused() {
     };
     assert!(render(&out[..n]).starts_with("Refused"));
 }
+
+#[test]
+fn nameserver_records() {
+    use portico_dns::index::{ServiceKind, ServiceRecord};
+    let mut index = fixture(PodMode::Verified);
+    index.set_own_addresses(&[ip("127.0.0.53"), ip("0.0.0.0")]);
+    let engine = engine(index, Autopath::Off);
+    let questions = [
+        ("cluster.local", "NS"),
+        ("cluster.local", "SOA"),
+        ("ns.dns.cluster.local", "A"),
+        ("NS.Dns.cluster.local", "A"),
+        ("ns.dns.cluster.local", "AAAA"),
+        ("dns.cluster.local", "A"),
+        ("other.dns.cluster.local", "A"),
+    ];
+    let own = transcript(&engine, &questions);
+    // With the DNS Service present its cluster IPs are the name server's addresses.
+    engine
+        .index()
+        .write()
+        .unwrap()
+        .upsert_service(ServiceRecord {
+            namespace: "kube-system".into(),
+            name: "kube-dns".into(),
+            kind: ServiceKind::ClusterIp(vec![ip("10.96.0.10"), ip("fd00::a")]),
+            ports: vec![],
+            publish_not_ready: false,
+        });
+    let service = transcript(&engine, &questions[..5]);
+    insta::assert_snapshot!(format!(
+        "== own address\n{own}== kube-system/kube-dns present\n{service}"
+    ));
+}

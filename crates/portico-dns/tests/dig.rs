@@ -209,7 +209,17 @@ async fn every_record_type_through_dig() {
         let soa = dig(port, &["cluster.local", "SOA"]);
         assert!(soa.records[0].starts_with("cluster.local. 5 IN SOA ns.dns.cluster.local. hostmaster.cluster.local."));
         let ns = dig(port, &["cluster.local", "NS"]);
-        assert_eq!(ns.records, vec!["cluster.local. 5 IN NS ns.dns.cluster.local."]);
+        // The name server's address comes as glue: this server's own address when there is no
+        // kube-system/kube-dns Service.
+        assert_eq!(
+            ns.records,
+            vec![
+                "cluster.local. 5 IN NS ns.dns.cluster.local.",
+                "ns.dns.cluster.local. 5 IN A 127.0.0.1"
+            ]
+        );
+        let ns_a = dig(port, &["ns.dns.cluster.local", "A"]);
+        assert_eq!(ns_a.records, vec!["ns.dns.cluster.local. 5 IN A 127.0.0.1"]);
 
         let pod = dig(port, &["10-1-0-50.prod.pod.cluster.local", "A"]);
         assert_eq!(pod.records, vec!["10-1-0-50.prod.pod.cluster.local. 5 IN A 10.1.0.50"]);
