@@ -95,17 +95,17 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UdpTuning {
     /// After answering, keep polling the socket without sleeping for this long before blocking
-    /// again. Zero never polls. A sleeping thread is woken through the scheduler (on a virtual
-    /// machine: a halted vCPU the host must run again), which costs far more than the answer;
-    /// polling only happens while queries keep arriving within this window, so an idle server
-    /// still sleeps.
+    /// again (zero, the default, never polls). Meant to spare a sleeping thread the scheduler's
+    /// wake-up path; polling only happens while queries keep arriving within the window, so an
+    /// idle server still sleeps. On the benchmark machine it did not lower p99 measurably and
+    /// cost CPU (bench/dns/RESULTS.md), hence off by default.
     pub poll: Duration,
 }
 
 impl Default for UdpTuning {
     fn default() -> UdpTuning {
         UdpTuning {
-            poll: Duration::from_micros(50),
+            poll: Duration::ZERO,
         }
     }
 }
