@@ -122,22 +122,7 @@ pub fn resolv_conf_nameservers(text: &str) -> Vec<SocketAddr> {
 /// Runs `portico dns` until Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let options = args.options()?;
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(
-                kubeconfig,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await
-            .context("loading kubeconfig")?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("finding a kubeconfig")?,
-    };
-    let client = kube::Client::try_from(config).context("building the API client")?;
+    let client = portico_client::client(args.kubeconfig.as_deref()).await?;
     let shutdown = CancellationToken::new();
     let handle = crate::start(client, options, shutdown.clone()).await?;
     println!(
