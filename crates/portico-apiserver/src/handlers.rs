@@ -1023,9 +1023,12 @@ impl Api {
     fn validate_meta(&self, info: &ResourceInfo, obj: &Value, name: &str) -> Result<(), ApiError> {
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
         use portico_core::validation::{name_kind_for, validate_object_meta};
-        let meta: ObjectMeta = serde_json::from_value(
-            obj.get("metadata").cloned().unwrap_or(Value::Null),
-        )
+        use serde::Deserialize;
+        // Decoded from a borrow: no copy of the metadata per write.
+        let meta = match obj.get("metadata") {
+            Some(m) => ObjectMeta::deserialize(m),
+            None => ObjectMeta::deserialize(&Value::Null),
+        }
         .map_err(|e| {
             ApiError::bad_request(format!(
                 "{} in version \"{}\" cannot be handled as a {}: {e}",
@@ -1052,8 +1055,13 @@ impl Api {
         use portico_core::validation::{
             name_kind_for, validate_object_meta, validate_object_meta_update,
         };
+        use serde::Deserialize;
         let decode = |v: &Value| -> Result<ObjectMeta, ApiError> {
-            serde_json::from_value(v.get("metadata").cloned().unwrap_or(Value::Null)).map_err(|e| {
+            match v.get("metadata") {
+                Some(m) => ObjectMeta::deserialize(m),
+                None => ObjectMeta::deserialize(&Value::Null),
+            }
+            .map_err(|e| {
                 ApiError::bad_request(format!(
                     "{} in version \"{}\" cannot be handled as a {}: {e}",
                     info.kind, info.version, info.kind

@@ -82,6 +82,11 @@ pub fn decode_stored(kv: &KeyValue) -> Result<Value, ApiError> {
 
 /// The stored form: the object without `metadata.resourceVersion`.
 pub fn encode_for_store(obj: &Value) -> Bytes {
+    // Most writes carry no resourceVersion by now: encode those without copying the object.
+    let has_rv = meta(obj).is_some_and(|m| m.contains_key("resourceVersion"));
+    if !has_rv && obj.get("metadata").is_some_and(Value::is_object) {
+        return Bytes::from(serde_json::to_vec(obj).unwrap_or_default());
+    }
     let mut v = obj.clone();
     meta_mut(&mut v).remove("resourceVersion");
     Bytes::from(serde_json::to_vec(&v).unwrap_or_default())

@@ -28,7 +28,8 @@ pub(crate) struct Reservation {
 }
 
 pub(crate) fn to_service(v: &Value) -> Result<Service, ApiError> {
-    serde_json::from_value(v.clone())
+    // Decoded from a borrow: no copy of the whole object per write.
+    <Service as serde::Deserialize>::deserialize(v)
         .map_err(|e| ApiError::bad_request(format!("decoding Service: {e}")))
 }
 
