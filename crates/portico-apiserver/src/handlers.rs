@@ -798,10 +798,11 @@ impl Api {
         let ct = codec::content_type(headers);
         let mut v = codec::decode_body(&ct, body)?;
         if ct != "application/vnd.kubernetes.protobuf" {
+            // JSON bodies are checked as sent, without a copy.
             let raw = if ct.contains("yaml") {
-                serde_json::to_vec(&v).unwrap_or_default()
+                std::borrow::Cow::Owned(serde_json::to_vec(&v).unwrap_or_default())
             } else {
-                body.to_vec()
+                std::borrow::Cow::Borrowed(body)
             };
             self.check_fields(info, q, &raw, warnings, patch)?;
         }
