@@ -77,7 +77,11 @@ where
             let shutdown = shutdown.clone();
             let sync = sync.clone();
             tokio::spawn(async move {
-                shared.synced.wait().await;
+                // A shutdown before the first sync must not leave workers waiting for it.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = shared.synced.wait() => {}
+                }
                 loop {
                     let key = tokio::select! {
                         _ = shutdown.cancelled() => return,

@@ -840,3 +840,21 @@ async fn kubernetes_service_with_two_apiservers() {
     let _ = a.await;
     controllers.stop().await;
 }
+
+/// Regression: workers waited for the first informer sync without watching for shutdown, so
+/// stopping right after start (before any sync) left `portico up` hanging until its grace ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_before_first_sync_stops_every_task() {
+    let ts = TestServer::start().await.expect("server");
+    let shutdown = CancellationToken::new();
+    let handle =
+        portico_controllers::start(ts.client.clone(), Options::default(), shutdown.clone())
+            .await
+            .expect("start");
+    shutdown.cancel();
+    // The bound only keeps a regression from hanging the suite; a healthy stop is immediate.
+    tokio::time::timeout(Duration::from_secs(60), handle)
+        .await
+        .expect("every controller task stops after shutdown")
+        .expect("join");
+}

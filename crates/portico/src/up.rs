@@ -237,14 +237,30 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 proxy.join().await;
             }
         };
-        let _ = tokio::join!(kubernetes_service, controllers, dns.join(), proxy);
+        // Each component reports its own overrun, so a hang names its culprit.
+        let named = |name: &'static str, stop: futures::future::BoxFuture<'static, ()>| async move {
+            if tokio::time::timeout(SHUTDOWN_GRACE, stop).await.is_err() {
+                tracing::warn!("{name} did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
+            }
+        };
+        tokio::join!(
+            named(
+                "the kubernetes Service reconciler",
+                Box::pin(async move {
+                    let _ = kubernetes_service.await;
+                })
+            ),
+            named(
+                "the controllers",
+                Box::pin(async move {
+                    let _ = controllers.await;
+                })
+            ),
+            named("DNS", Box::pin(dns.join())),
+            named("the proxy", Box::pin(proxy)),
+        );
     };
-    if tokio::time::timeout(SHUTDOWN_GRACE, components)
-        .await
-        .is_err()
-    {
-        tracing::warn!("components did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
-    }
+    components.await;
     running.shutdown().await;
     Ok(())
 }
