@@ -249,6 +249,101 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// kubectl 1.33 against one server, with its own cache dir and a work dir for manifests.
+pub struct Kubectl {
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+    cache: tempfile::TempDir,
+    work: tempfile::TempDir,
+}
+
+impl Kubectl {
+    pub fn new(p: &Portico) -> Kubectl {
+        let dir = kubectl_dir().expect("kubectl on PATH");
+        Kubectl {
+            bin: dir.join("kubectl.1.33"),
+            kubeconfig: p.kubeconfig.clone(),
+            cache: tempfile::tempdir().expect("cache dir"),
+            work: tempfile::tempdir().expect("work dir"),
+        }
+    }
+
+    /// Runs kubectl: (succeeded, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(&self.bin)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.cache.path())
+            .args(args)
+            .current_dir(self.work.path())
+            .output()
+            .expect("run kubectl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs kubectl, which must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (ok, so, se) = self.run(args);
+        assert!(ok, "kubectl {args:?} failed:\nstdout: {so}\nstderr: {se}");
+        so
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).expect("kubectl json")
+    }
+
+    /// The object as JSON, or `None` once it is gone (any other failure panics).
+    pub fn get(&self, kind: &str, name: &str) -> Option<serde_json::Value> {
+        let (ok, so, se) = self.run(&["get", kind, name, "-o", "json"]);
+        if ok {
+            Some(serde_json::from_str(&so).expect("kubectl json"))
+        } else {
+            assert!(se.contains("NotFound"), "kubectl get {kind} {name}: {se}");
+            None
+        }
+    }
+
+    /// Writes a manifest into the work dir, where kubectl runs.
+    pub fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.work.path().join(name), text).expect("write manifest");
+    }
+
+    /// Writes `yaml` to `name` in the work dir and applies it; kubectl's output.
+    pub fn apply(&self, name: &str, yaml: &str) -> String {
+        self.write(name, yaml);
+        self.ok(&["apply", "-f", name])
+    }
+
+    /// The EndpointSlices of Service `svc` in the current namespace.
+    pub fn slices(&self, svc: &str) -> Vec<serde_json::Value> {
+        let label = format!("kubernetes.io/service-name={svc}");
+        let v = self.json(&["get", "endpointslices", "-l", &label, "-o", "json"]);
+        v["items"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// Polls `check` every 100 ms until it succeeds or `limit` passes; then panics with the last
+/// state. The limit only keeps a broken build from hanging the suite.
+pub fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(state) if Instant::now() >= deadline => panic!("{what} did not happen: {state}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

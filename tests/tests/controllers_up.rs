@@ -1,86 +1,34 @@
 //! Controllers end to end: kubectl 1.33 against `portico up`, pod statuses written the way a
 //! kubelet would, checking EndpointSlices, Endpoints, mirroring and LoadBalancer addresses.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use portico_e2e::{Portico, kubectl_dir};
+use portico_e2e::{Kubectl, Portico};
 use serde_json::{Value, json};
 
 const UP: &[&str] = &["--dns-address", "127.0.0.1:0", "--proxy-mode", "none"];
 
-struct Kubectl {
-    bin: PathBuf,
-    kubeconfig: PathBuf,
-    cache: tempfile::TempDir,
-    work: tempfile::TempDir,
+fn endpoints(k: &Kubectl, svc: &str) -> Option<Value> {
+    let (ok, so, _) = k.run(&["get", "endpoints", svc, "-o", "json"]);
+    if ok {
+        serde_json::from_str(&so).ok()
+    } else {
+        None
+    }
 }
 
-impl Kubectl {
-    fn new(p: &Portico) -> Kubectl {
-        let dir = kubectl_dir().expect("kubectl on PATH");
-        Kubectl {
-            bin: dir.join("kubectl.1.33"),
-            kubeconfig: p.kubeconfig.clone(),
-            cache: tempfile::tempdir().unwrap(),
-            work: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(&self.bin)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.cache.path())
-            .args(args)
-            .current_dir(self.work.path())
-            .output()
-            .expect("run kubectl");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, so, se) = self.run(args);
-        assert!(ok, "kubectl {args:?} failed:\nstdout: {so}\nstderr: {se}");
-        so
-    }
-    fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.ok(args)).expect("kubectl json")
-    }
-    fn apply(&self, name: &str, yaml: &str) -> String {
-        write(self.work.path(), name, yaml);
-        self.ok(&["apply", "-f", name])
-    }
-    fn slices(&self, svc: &str) -> Vec<Value> {
-        let label = format!("kubernetes.io/service-name={svc}");
-        let v = self.json(&["get", "endpointslices", "-l", &label, "-o", "json"]);
-        v["items"].as_array().cloned().unwrap_or_default()
-    }
-    fn endpoints(&self, svc: &str) -> Option<Value> {
-        let (ok, so, _) = self.run(&["get", "endpoints", svc, "-o", "json"]);
-        if ok {
-            serde_json::from_str(&so).ok()
-        } else {
-            None
-        }
-    }
-    /// Marks a pod Running and Ready with `ip`, the way a kubelet reports it.
-    fn kubelet_ready(&self, pod: &str, ip: &str, ready: bool) {
-        let patch = status_patch(ip, ready).to_string();
-        self.ok(&[
-            "patch",
-            "pod",
-            pod,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &patch,
-        ]);
-    }
+/// Marks a pod Running and Ready with `ip`, the way a kubelet reports it.
+fn kubelet_ready(k: &Kubectl, pod: &str, ip: &str, ready: bool) {
+    let patch = status_patch(ip, ready).to_string();
+    k.ok(&[
+        "patch",
+        "pod",
+        pod,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
 }
 
 fn status_patch(ip: &str, ready: bool) -> Value {
@@ -93,20 +41,8 @@ fn status_patch(ip: &str, ready: bool) -> Value {
     }})
 }
 
-fn write(dir: &Path, name: &str, text: &str) {
-    std::fs::write(dir.join(name), text).unwrap();
-}
-
-/// Polls `check` until it returns `Some`, for up to 10 s; panics with the last state otherwise.
-fn eventually<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match check() {
-            Ok(v) => return v,
-            Err(state) if Instant::now() >= deadline => panic!("{what} did not converge: {state}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
+fn eventually<T>(what: &str, check: impl FnMut() -> Result<T, String>) -> T {
+    portico_e2e::eventually(what, Duration::from_secs(10), check)
 }
 
 fn pod_yaml(name: &str, app: &str, node: Option<&str>) -> String {
@@ -158,7 +94,7 @@ fn slices_endpoints_and_graceful_termination() {
         .join("---\n");
     k.apply("pods.yaml", &pods);
     for i in 1..=3 {
-        k.kubelet_ready(&format!("web-{i}"), &format!("10.244.0.{i}"), true);
+        kubelet_ready(&k, &format!("web-{i}"), &format!("10.244.0.{i}"), true);
     }
 
     let slices = eventually("3 ready endpoints in one slice", || {
@@ -181,7 +117,7 @@ fn slices_endpoints_and_graceful_termination() {
     assert_eq!(slices[0]["addressType"], json!("IPv4"));
     assert_eq!(slices[0]["ports"][0]["port"], json!(8080));
     eventually("Endpoints with 3 addresses", || {
-        let ep = k.endpoints("web");
+        let ep = endpoints(&k, "web");
         match &ep {
             Some(e) if address_count(e, "addresses") == 3 => Ok(()),
             _ => Err(format!("{ep:#?}")),
@@ -204,7 +140,7 @@ fn slices_endpoints_and_graceful_termination() {
     assert_eq!(ep["conditions"]["serving"], json!(true), "{ep:#?}");
     assert_eq!(ep["conditions"]["ready"], json!(false), "{ep:#?}");
     eventually("web-2 gone from Endpoints", || {
-        let ep = k.endpoints("web");
+        let ep = endpoints(&k, "web");
         match &ep {
             Some(e)
                 if address_count(e, "addresses") == 2 && !e.to_string().contains("10.244.0.2") =>
@@ -320,7 +256,7 @@ async fn scale_to_1001_pods_truncates_endpoints() {
         .map(|i| pod_yaml(&format!("big-{i}"), "big", None))
         .collect::<Vec<_>>()
         .join("---\n");
-    write(k.work.path(), "pods.yaml", &pods);
+    k.write("pods.yaml", &pods);
     k.ok(&["create", "-f", "pods.yaml", "-o", "name"]);
 
     // Bulk status writes, a few at a time, like many kubelets.
@@ -368,7 +304,7 @@ async fn scale_to_1001_pods_truncates_endpoints() {
         });
         assert!(slices.len() >= 11, "{} slices", slices.len());
         eventually("Endpoints truncated to 1000", || {
-            let ep = k.endpoints("big");
+            let ep = endpoints(&k, "big");
             match &ep {
                 Some(e)
                     if address_count(e, "addresses") == 1000

@@ -1,88 +1,19 @@
 //! Garbage collection end to end: kubectl 1.33 against `portico up` deleting a Service that
 //! owns Pods and EndpointSlices, with the Background (default), Foreground and Orphan cascades.
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use portico_e2e::{Portico, kubectl_dir};
+use portico_e2e::{Kubectl, Portico};
 use serde_json::{Value, json};
 
 const UP: &[&str] = &["--dns-address", "127.0.0.1:0", "--proxy-mode", "none"];
 
-struct Kubectl {
-    bin: PathBuf,
-    kubeconfig: PathBuf,
-    cache: tempfile::TempDir,
-    work: tempfile::TempDir,
+fn uid(k: &Kubectl, kind: &str, name: &str) -> String {
+    k.ok(&["get", kind, name, "-o", "jsonpath={.metadata.uid}"])
 }
 
-impl Kubectl {
-    fn new(p: &Portico) -> Kubectl {
-        let dir = kubectl_dir().expect("kubectl on PATH");
-        Kubectl {
-            bin: dir.join("kubectl.1.33"),
-            kubeconfig: p.kubeconfig.clone(),
-            cache: tempfile::tempdir().unwrap(),
-            work: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(&self.bin)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.cache.path())
-            .args(args)
-            .current_dir(self.work.path())
-            .output()
-            .expect("run kubectl");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, so, se) = self.run(args);
-        assert!(ok, "kubectl {args:?} failed:\nstdout: {so}\nstderr: {se}");
-        so
-    }
-    /// The object as JSON, or `None` once it is gone.
-    fn get(&self, kind: &str, name: &str) -> Option<Value> {
-        let (ok, so, se) = self.run(&["get", kind, name, "-o", "json"]);
-        if ok {
-            Some(serde_json::from_str(&so).expect("kubectl json"))
-        } else {
-            assert!(se.contains("NotFound"), "kubectl get {kind} {name}: {se}");
-            None
-        }
-    }
-    fn apply(&self, name: &str, yaml: &str) {
-        std::fs::write(self.work.path().join(name), yaml).unwrap();
-        self.ok(&["apply", "-f", name]);
-    }
-    fn uid(&self, kind: &str, name: &str) -> String {
-        self.ok(&["get", kind, name, "-o", "jsonpath={.metadata.uid}"])
-    }
-    fn slices(&self, svc: &str) -> Vec<Value> {
-        let label = format!("kubernetes.io/service-name={svc}");
-        let so = self.ok(&["get", "endpointslices", "-l", &label, "-o", "json"]);
-        let v: Value = serde_json::from_str(&so).expect("kubectl json");
-        v["items"].as_array().cloned().unwrap_or_default()
-    }
-}
-
-/// Polls `check` for up to 20 s; panics with the last state otherwise.
-fn eventually<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match check() {
-            Ok(v) => return v,
-            Err(state) if Instant::now() >= deadline => panic!("{what} did not happen: {state}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
+fn eventually<T>(what: &str, check: impl FnMut() -> Result<T, String>) -> T {
+    portico_e2e::eventually(what, Duration::from_secs(20), check)
 }
 
 fn gone(k: &Kubectl, kind: &str, name: &str) {
@@ -104,7 +35,7 @@ fn svc_yaml(name: &str) -> String {
 /// controller makes for it, and one more slice owned by it that no controller manages.
 fn owned_set(k: &Kubectl, name: &str, node: Option<&str>) -> String {
     k.apply(&format!("{name}-svc.yaml"), &svc_yaml(name));
-    let uid = k.uid("svc", name);
+    let uid = uid(k, "svc", name);
     let owner = format!(
         "  ownerReferences:\n  - {{apiVersion: v1, kind: Service, name: {name}, uid: {uid}, blockOwnerDeletion: true}}\n"
     );
