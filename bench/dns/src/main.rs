@@ -657,6 +657,27 @@ fn wire_queries(file: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
+/// One throughput table row: portico, Knot and NSD with their CPU shares, per-CPU-second rates
+/// and losses.
+fn throughput_row(n: usize, mix: &str, secs: f64, [p, k, d]: [&Perf; 3]) -> String {
+    format!(
+        "| {n} | {mix} | {:.0} ({:.0}%) | {:.0} ({:.0}%) | {:.0} ({:.0}%) | {:.2} | {:.0} | {:.0} | {:.0} | {:.2}/{:.2}/{:.2} |\n",
+        p.qps,
+        100.0 * p.cpu_share(secs),
+        k.qps,
+        100.0 * k.cpu_share(secs),
+        d.qps,
+        100.0 * d.cpu_share(secs),
+        p.qps / k.qps,
+        p.per_cpu_second(),
+        k.per_cpu_second(),
+        d.per_cpu_second(),
+        p.lost_pct,
+        k.lost_pct,
+        d.lost_pct
+    )
+}
+
 /// p50 and p99 (ms) at a fixed rate, from dnsperf's per-query output.
 /// One fixed-rate run: latency percentiles and the server's CPU time.
 struct AtRate {
@@ -1024,41 +1045,13 @@ Server CPU time is read from `/proc/PID/task/*/schedstat` (all threads, and NSD'
             if mix.starts_with("Q2") {
                 our_q2 = p.qps;
             }
-            let _ = writeln!(
-                dnsperf_rows,
-                "| {n} | {mix} | {:.0} ({:.0}%) | {:.0} ({:.0}%) | {:.0} ({:.0}%) | {:.2} | {:.0} | {:.0} | {:.0} | {:.2}/{:.2}/{:.2} |",
-                p.qps,
-                100.0 * p.cpu_share(secs),
-                k.qps,
-                100.0 * k.cpu_share(secs),
-                d.qps,
-                100.0 * d.cpu_share(secs),
-                p.qps / k.qps,
-                p.per_cpu_second(),
-                k.per_cpu_second(),
-                d.per_cpu_second(),
-                p.lost_pct,
-                k.lost_pct,
-                d.lost_pct
-            );
-            let (p, k, d) = (&blasts[0], &blasts[1], &blasts[2]);
-            let _ = writeln!(
-                blast_rows,
-                "| {n} | {mix} | {:.0} ({:.0}%) | {:.0} ({:.0}%) | {:.0} ({:.0}%) | {:.2} | {:.0} | {:.0} | {:.0} | {:.2}/{:.2}/{:.2} |",
-                p.qps,
-                100.0 * p.cpu_share(secs),
-                k.qps,
-                100.0 * k.cpu_share(secs),
-                d.qps,
-                100.0 * d.cpu_share(secs),
-                p.qps / k.qps,
-                p.per_cpu_second(),
-                k.per_cpu_second(),
-                d.per_cpu_second(),
-                p.lost_pct,
-                k.lost_pct,
-                d.lost_pct
-            );
+            dnsperf_rows.push_str(&throughput_row(n, mix, secs, [p, k, d]));
+            blast_rows.push_str(&throughput_row(
+                n,
+                mix,
+                secs,
+                [&blasts[0], &blasts[1], &blasts[2]],
+            ));
         }
         let rate = (our_q2 / 2.0) as u64;
         let mut capacity = Vec::new();
