@@ -164,10 +164,7 @@ pub fn authorize(user: &User, action: &Action<'_>) -> Result<(), ApiError> {
             subresource,
             ..
         } => {
-            let full = match subresource {
-                Some(sub) => format!("{resource}/{sub}"),
-                None => resource.to_string(),
-            };
+            let full = resource_path(resource, *subresource);
             roles(user).iter().any(|rules| {
                 rules.iter().any(|r| {
                     r.api_groups.contains(api_group)
@@ -181,6 +178,14 @@ pub fn authorize(user: &User, action: &Action<'_>) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(forbidden(user, action))
+    }
+}
+
+/// `services` or `services/status`: how rules and messages name a (sub)resource.
+fn resource_path(resource: &str, subresource: Option<&str>) -> String {
+    match subresource {
+        Some(sub) => format!("{resource}/{sub}"),
+        None => resource.to_string(),
     }
 }
 
@@ -203,10 +208,7 @@ fn forbidden(user: &User, action: &Action<'_>) -> ApiError {
             namespace,
             name,
         } => {
-            let shown = match subresource {
-                Some(sub) => format!("{resource}/{sub}"),
-                None => resource.to_string(),
-            };
+            let shown = resource_path(resource, *subresource);
             let scope = match namespace {
                 Some(ns) => format!("in the namespace {ns:?}"),
                 None => "at the cluster scope".to_string(),
