@@ -237,8 +237,9 @@ pub const COMPONENT_USERS: [(&str, &str); 2] = [
 /// entry of [`COMPONENT_USERS`], so `portico proxy` and `portico dns` need no admin rights.
 pub fn ensure_component_tokens(dir: &Path) -> Result<Vec<(String, crate::authz::User)>> {
     let path = dir.join("component-tokens.csv");
-    let mut known = match read(&path) {
-        Some(text) => crate::authz::parse_token_file(&text).map_err(|e| {
+    let existing = read(&path);
+    let mut known = match &existing {
+        Some(text) => crate::authz::parse_token_file(text).map_err(|e| {
             anyhow::anyhow!("{}: {e} (delete the file to regenerate it)", path.display())
         })?,
         None => Default::default(),
@@ -257,7 +258,7 @@ pub fn ensure_component_tokens(dir: &Path) -> Result<Vec<(String, crate::authz::
         lines.push_str(&format!("{token},{user},{user}\n"));
         out.push((token, u));
     }
-    if read(&path).as_deref() != Some(lines.as_str()) {
+    if existing.as_deref() != Some(lines.as_str()) {
         write_private(&path, &lines)?;
     }
     Ok(out)
