@@ -135,12 +135,9 @@ impl Running {
             .iter()
             .find(|(name, _)| *name == component)
             .with_context(|| format!("no kubeconfig for component {component:?}"))?;
-        let kc = kube::config::Kubeconfig::read_from(path)?;
-        let cfg =
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await?;
-        Ok(kube::Client::try_from(cfg)?)
+        portico_client::client(Some(path)).await
     }
+
     /// A token that stops the server when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
