@@ -208,50 +208,69 @@ fn item_key(item: &Value, keys: &[&str]) -> String {
     canonical(&Value::Object(m))
 }
 
-/// The member paths of an object with each leaf's value (`ToFieldSet`). With `containers`, the
-/// paths of granular maps and non-atomic lists are members too, as `Compare` reports them when
-/// they appear or disappear (`f:labels: {".": {}}` in Update entries).
+/// What a walk over an object records.
+#[derive(Clone, Copy)]
+struct Walk {
+    /// The paths of granular maps and non-atomic lists are members too, as `Compare` reports
+    /// them when they appear or disappear (`f:labels: {".": {}}` in Update entries).
+    containers: bool,
+    /// Keep each leaf's value (to compare two objects); without, only the paths.
+    values: bool,
+}
+
+impl Walk {
+    fn leaf(self, v: &Value) -> Option<Value> {
+        self.values.then(|| v.clone())
+    }
+}
+
+/// The member paths of an object, with each leaf's value if asked (`ToFieldSet`).
+/// `metadata.managedFields` is never walked: it is not part of the object's fields.
 fn field_values(
     v: &Value,
     ty: Ty,
-    containers: bool,
+    walk: Walk,
     path: &mut Path,
     out: &mut BTreeMap<Path, Option<Value>>,
 ) {
     match ty {
         Ty::Leaf => {
-            out.insert(path.clone(), Some(v.clone()));
+            out.insert(path.clone(), walk.leaf(v));
         }
         Ty::Struct(def) if openapi::is_atomic_struct(def) => {
-            out.insert(path.clone(), Some(v.clone()));
+            out.insert(path.clone(), walk.leaf(v));
         }
         Ty::Map(_, true) => {
-            out.insert(path.clone(), Some(v.clone()));
+            out.insert(path.clone(), walk.leaf(v));
         }
         Ty::Struct(_) | Ty::Map(_, false) => {
             let Some(m) = v.as_object() else {
-                out.insert(path.clone(), Some(v.clone()));
+                out.insert(path.clone(), walk.leaf(v));
                 return;
             };
-            if containers && matches!(ty, Ty::Map(..)) && !path.is_empty() {
+            if walk.containers && matches!(ty, Ty::Map(..)) && !path.is_empty() {
                 out.insert(path.clone(), None);
             }
+            let in_metadata = matches!(path.as_slice(), [Pe::Field(f)] if f == "metadata");
             for (k, child) in m {
+                if in_metadata && k == "managedFields" {
+                    continue;
+                }
                 path.push(Pe::Field(k.clone()));
                 match child_ty(ty, k) {
                     Some(cty) => {
-                        field_values(child, cty, containers, path, out);
+                        field_values(child, cty, walk, path, out);
                         let declared_field = matches!(ty, Ty::Struct(_));
                         if child.is_null()
                             || child.as_object().is_some_and(Map::is_empty)
                             || !declared_field
                         {
                             out.entry(path.clone())
-                                .or_insert_with(|| leaf_or_none(child, cty));
+                                .or_insert_with(|| leaf_or_none(child, cty, walk));
                         }
                     }
                     None => {
-                        out.insert(path.clone(), Some(child.clone()));
+                        out.insert(path.clone(), walk.leaf(child));
                     }
                 }
                 path.pop();
@@ -259,27 +278,27 @@ fn field_values(
         }
         Ty::List(elem, ext) => {
             let Some(items) = v.as_array() else {
-                out.insert(path.clone(), Some(v.clone()));
+                out.insert(path.clone(), walk.leaf(v));
                 return;
             };
-            if containers && !matches!(list_kind(ext), ListKind::Atomic) {
+            if walk.containers && !matches!(list_kind(ext), ListKind::Atomic) {
                 out.insert(path.clone(), None);
             }
             match list_kind(ext) {
                 ListKind::Atomic => {
-                    out.insert(path.clone(), Some(v.clone()));
+                    out.insert(path.clone(), walk.leaf(v));
                 }
                 ListKind::Set => {
                     for item in items {
                         path.push(Pe::Value(canonical(item)));
-                        out.insert(path.clone(), Some(item.clone()));
+                        out.insert(path.clone(), walk.leaf(item));
                         path.pop();
                     }
                 }
                 ListKind::Map(keys) => {
                     for item in items {
                         path.push(Pe::Key(item_key(item, &keys)));
-                        field_values(item, elem_ty(elem), containers, path, out);
+                        field_values(item, elem_ty(elem), walk, path, out);
                         out.insert(path.clone(), None);
                         path.pop();
                     }
@@ -289,10 +308,10 @@ fn field_values(
     }
 }
 
-fn leaf_or_none(v: &Value, ty: Ty) -> Option<Value> {
+fn leaf_or_none(v: &Value, ty: Ty, walk: Walk) -> Option<Value> {
     match ty {
-        Ty::Leaf => Some(v.clone()),
-        _ if v.is_null() || v.as_object().is_some_and(Map::is_empty) => Some(v.clone()),
+        Ty::Leaf => walk.leaf(v),
+        _ if v.is_null() || v.as_object().is_some_and(Map::is_empty) => walk.leaf(v),
         _ => None,
     }
 }
@@ -335,20 +354,31 @@ fn object_fields(
     kind: &str,
     obj: &Value,
     subresource: Option<&str>,
-    containers: bool,
+    walk: Walk,
 ) -> BTreeMap<Path, Option<Value>> {
     let mut out = BTreeMap::new();
     let ty = openapi::kind_definition(kind)
         .map(Ty::Struct)
         .unwrap_or(Ty::Map(Elem::Scalar, false));
-    let mut obj = obj.clone();
-    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("managedFields");
-    }
-    field_values(&obj, ty, containers, &mut Vec::new(), &mut out);
+    field_values(obj, ty, walk, &mut Vec::new(), &mut out);
     out.retain(|p, _| !is_ignored(p, kind, subresource));
     out
 }
+
+/// The paths of an object (no values), as apply's field sets use them.
+fn object_set(kind: &str, obj: &Value, containers: bool) -> Set {
+    let walk = Walk {
+        containers,
+        values: false,
+    };
+    object_fields(kind, obj, None, walk).into_keys().collect()
+}
+
+/// Paths with values and container members, as `Compare` needs them.
+const COMPARE: Walk = Walk {
+    containers: true,
+    values: true,
+};
 
 /// The difference between two objects' field sets (`typed.Comparison`).
 struct Comparison {
@@ -522,10 +552,30 @@ pub fn record_update(
     subresource: Option<&str>,
     now: &str,
 ) {
-    let mut entries = read_entries(old);
-    let empty = json!({});
-    let old_fields = object_fields(kind, old.unwrap_or(&empty), subresource, true);
-    let new_fields = object_fields(kind, new, subresource, true);
+    let Some(old) = old else {
+        // A create: every field is added and the writer is the only manager, so the paths are
+        // enough (no leaf values to compare).
+        let walk = Walk {
+            containers: true,
+            values: false,
+        };
+        let set: Set = object_fields(kind, new, subresource, walk)
+            .into_keys()
+            .collect();
+        let entry = Entry {
+            manager: manager.to_string(),
+            operation: "Update".into(),
+            api_version: api_version_of(kind, new),
+            time: Some(now.to_string()),
+            subresource: subresource.unwrap_or("").to_string(),
+            set,
+        };
+        write_entries(new, vec![entry]);
+        return;
+    };
+    let mut entries = read_entries(Some(old));
+    let old_fields = object_fields(kind, old, subresource, COMPARE);
+    let new_fields = object_fields(kind, new, subresource, COMPARE);
     let cmp = compare(&old_fields, &new_fields);
     if !cmp.is_same() {
         let api_version = api_version_of(kind, new);
@@ -591,7 +641,7 @@ pub fn apply(
         && entries.is_empty()
     {
         // Upstream: an object without managedFields is owned as a whole by "before-first-apply".
-        let set: Set = object_fields(kind, live, None, false).into_keys().collect();
+        let set = object_set(kind, live, false);
         entries.push(Entry {
             manager: "before-first-apply".into(),
             operation: "Update".into(),
@@ -603,9 +653,7 @@ pub fn apply(
     }
 
     let mut merged = merge(live_obj, applied, ty);
-    let config_set: Set = object_fields(kind, applied, None, false)
-        .into_keys()
-        .collect();
+    let config_set = object_set(kind, applied, false);
     let last_set: Set = entries
         .iter()
         .find(|e| e.same_identity(manager, "Apply", "", ""))
@@ -631,8 +679,8 @@ pub fn apply(
     }
 
     // Conflicts: other managers' fields that this apply changes.
-    let live_fields = object_fields(kind, live_obj, None, true);
-    let merged_fields = object_fields(kind, &merged, None, true);
+    let live_fields = object_fields(kind, live_obj, None, COMPARE);
+    let merged_fields = object_fields(kind, &merged, None, COMPARE);
     let cmp = compare(&live_fields, &merged_fields);
     let changed = cmp.changed();
     let mut conflicts: Vec<(String, Path)> = Vec::new();
