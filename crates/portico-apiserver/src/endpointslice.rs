@@ -130,7 +130,7 @@ mod tests {
         assert_eq!(err.code, 422);
         assert_eq!(
             err.message,
-            "EndpointSlice \"s\" is invalid: endpoints[0].addresses[0]: Invalid value: \"127.0.0.2\": may not be in the loopback range (127.0.0.0/8, ::1/128)"
+            "EndpointSlice.discovery.k8s.io \"s\" is invalid: endpoints[0].addresses[0]: Invalid value: \"127.0.0.2\": may not be in the loopback range (127.0.0.0/8, ::1/128)"
         );
         let local = EndpointSliceHooks {
             rules: EndpointSliceRules {

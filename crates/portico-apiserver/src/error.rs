@@ -26,6 +26,14 @@ pub struct Resource<'a> {
 }
 
 impl Resource<'_> {
+    /// `Service` or `EndpointSlice.discovery.k8s.io`, as upstream's GroupKind prints.
+    pub fn qualified_kind(&self) -> String {
+        if self.group.is_empty() {
+            self.kind.to_string()
+        } else {
+            format!("{}.{}", self.kind, self.group)
+        }
+    }
     /// `services` or `endpointslices.discovery.k8s.io`, as upstream's GroupResource prints.
     pub fn qualified(&self) -> String {
         if self.group.is_empty() {
@@ -123,7 +131,7 @@ impl ApiError {
             ..Self::new(
                 422,
                 "Invalid",
-                format!("{} {:?} is invalid: {}", r.kind, name, joined),
+                format!("{} {:?} is invalid: {}", r.qualified_kind(), name, joined),
             )
         }
     }

@@ -271,14 +271,42 @@ fn include_object(q: &Query) -> &str {
     }
 }
 
-fn dry_run(q: &Query) -> Result<bool, ApiError> {
+/// `dryRun` as upstream's `ValidateDryRun`: only `All`; anything else is 422 Invalid against
+/// the request's options kind (`CreateOptions`, `UpdateOptions`, `PatchOptions`, `DeleteOptions`).
+fn dry_run(q: &Query, options_kind: &'static str) -> Result<bool, ApiError> {
     match q.get("dryRun") {
         None | Some("") => Ok(false),
-        Some("All") => Ok(true),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "dryRun: Unsupported value: {other:?}: supported values: \"All\""
-        ))),
+        Some(value) => dry_run_values(&[value], options_kind),
     }
+}
+
+fn dry_run_values(values: &[&str], options_kind: &'static str) -> Result<bool, ApiError> {
+    use portico_core::field::{ErrorType, FieldError};
+    if values.iter().all(|v| *v == "All") {
+        return Ok(!values.is_empty());
+    }
+    // Go prints the rejected `[]string` with `%#v`.
+    let quoted: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
+    let err = FieldError::new(
+        ErrorType::NotSupported,
+        "dryRun",
+        Some(format!("[]string{{{}}}", quoted.join(", "))),
+        "supported values: \"All\"",
+    );
+    Err(options_invalid(options_kind, &[err]))
+}
+
+/// 422 for bad request options, named as upstream names them (`CreateOptions.meta.k8s.io ""`).
+fn options_invalid(
+    options_kind: &'static str,
+    errs: &[portico_core::field::FieldError],
+) -> ApiError {
+    let options = crate::error::Resource {
+        group: "meta.k8s.io",
+        plural: "",
+        kind: options_kind,
+    };
+    ApiError::invalid(options, "", errs)
 }
 
 fn parse_rv(s: &str) -> Result<Revision, ApiError> {
@@ -889,7 +917,9 @@ impl Api {
         } else {
             manager
         };
-        let obj = self.create(info, ns, obj, dry_run(q)?, &manager).await?;
+        let obj = self
+            .create(info, ns, obj, dry_run(q, "CreateOptions")?, &manager)
+            .await?;
         Ok((StatusCode::CREATED, obj))
     }
 
@@ -1131,7 +1161,7 @@ impl Api {
                 "the namespace of the provided object does not match the namespace sent on the request",
             ));
         }
-        let dry = dry_run(q)?;
+        let dry = dry_run(q, "UpdateOptions")?;
         let manager = q
             .get("fieldManager")
             .map(String::from)
@@ -1174,7 +1204,7 @@ impl Api {
         warnings: &mut Vec<String>,
     ) -> Result<(StatusCode, Value), ApiError> {
         let ct = codec::content_type(headers);
-        let dry = dry_run(q)?;
+        let dry = dry_run(q, "PatchOptions")?;
         let manager = q.get("fieldManager").map(String::from).unwrap_or_default();
         if ct == "application/apply-patch+yaml" {
             return self
@@ -1782,7 +1812,7 @@ pub struct DeleteOptions {
 impl DeleteOptions {
     fn parse(q: &Query, body: &[u8]) -> Result<Self, ApiError> {
         let mut o = DeleteOptions {
-            dry_run: dry_run(q)?,
+            dry_run: dry_run(q, "DeleteOptions")?,
             ..Default::default()
         };
         if let Some(g) = q.get("gracePeriodSeconds") {
@@ -1828,16 +1858,23 @@ impl DeleteOptions {
                 .and_then(|u| u.as_str())
                 .map(String::from);
         }
-        if let Some(d) = v.get("dryRun").and_then(|d| d.as_array()) {
-            for x in d {
-                match x.as_str() {
-                    Some("All") => o.dry_run = true,
-                    other => {
-                        return Err(ApiError::bad_request(format!(
-                            "dryRun: Unsupported value: {other:?}: supported values: \"All\""
-                        )));
-                    }
+        match v.get("dryRun") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) => {
+                if let Some(bad) = items.iter().find(|i| !i.is_string()) {
+                    return Err(ApiError::bad_request(format!(
+                        "json: cannot unmarshal {} into Go struct field DeleteOptions.dryRun of type string",
+                        json_type_name(bad)
+                    )));
                 }
+                let values: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+                o.dry_run |= dry_run_values(&values, "DeleteOptions")?;
+            }
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "json: cannot unmarshal {} into Go struct field DeleteOptions.dryRun of type []string",
+                    json_type_name(other)
+                )));
             }
         }
         let policy = match v.get("propagationPolicy") {
@@ -1895,17 +1932,7 @@ impl DeleteOptions {
             }
         };
         if !errs.is_empty() {
-            let options = crate::error::Resource {
-                group: "meta.k8s.io",
-                plural: "deleteoptions",
-                kind: "DeleteOptions",
-            };
-            let mut e = ApiError::invalid(options, "", &errs);
-            // Upstream prints the qualified kind: `DeleteOptions.meta.k8s.io "" is invalid: …`.
-            e.message =
-                e.message
-                    .replacen("DeleteOptions \"\"", "DeleteOptions.meta.k8s.io \"\"", 1);
-            return Err(e);
+            return Err(options_invalid("DeleteOptions", &errs));
         }
         self.propagation_policy = parsed;
         self.orphan_dependents = orphan;
@@ -2178,6 +2205,7 @@ mod delete_tests {
         ];
         for (q, body, policy, orphan) in ok {
             let o = opts(q, body).unwrap_or_else(|e| panic!("{q} {body}: {e:?}"));
+            assert!(!o.dry_run, "{q} {body}");
             assert_eq!(o.propagation_policy, *policy, "{q} {body}");
             assert_eq!(o.orphan_dependents, *orphan, "{q} {body}");
         }
@@ -2201,6 +2229,24 @@ mod delete_tests {
                 r#"strconv.ParseBool: parsing "yes": invalid syntax"#,
             ),
             (
+                "dryRun=Some",
+                "",
+                422,
+                r#"DeleteOptions.meta.k8s.io "" is invalid: dryRun: Unsupported value: []string{"Some"}: supported values: "All""#,
+            ),
+            (
+                "",
+                r#"{"dryRun":["All","x"]}"#,
+                422,
+                r#"DeleteOptions.meta.k8s.io "" is invalid: dryRun: Unsupported value: []string{"All", "x"}: supported values: "All""#,
+            ),
+            (
+                "",
+                r#"{"dryRun":"All"}"#,
+                400,
+                "json: cannot unmarshal string into Go struct field DeleteOptions.dryRun of type []string",
+            ),
+            (
                 "",
                 r#"{"propagationPolicy":1}"#,
                 400,
@@ -2211,6 +2257,8 @@ mod delete_tests {
             let e = opts(q, body).expect_err(q);
             assert_eq!((e.code, e.message.as_str()), (*code, *msg), "{q} {body}");
         }
+        assert!(opts("dryRun=All", "").unwrap().dry_run);
+        assert!(opts("", r#"{"dryRun":["All"]}"#).unwrap().dry_run);
         let e = opts("propagationPolicy=Bogus", "").unwrap_err();
         let d = e.details.unwrap();
         assert_eq!(d["group"], json!("meta.k8s.io"));

@@ -123,6 +123,57 @@ async fn bad_bodies_are_rejected_and_nothing_is_stored() {
     )
     .await;
     assert_status(code, &status, 400, "BadRequest");
+    // An unknown dryRun value → 422 against the verb's options kind; nothing written or deleted.
+    let other = br#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"t"},"spec":{"ports":[{"port":80}]}}"#;
+    let dry_cases: [(&str, String, &str, &[u8], &str); 4] = [
+        (
+            "POST",
+            format!("{SVCS}?dryRun=Some"),
+            "application/json",
+            other,
+            "CreateOptions",
+        ),
+        (
+            "PUT",
+            format!("{SVCS}/s?dryRun=Some"),
+            "application/json",
+            &serde_json::to_vec(&created).unwrap(),
+            "UpdateOptions",
+        ),
+        (
+            "PATCH",
+            format!("{SVCS}/s?dryRun=Some"),
+            "application/merge-patch+json",
+            br#"{"metadata":{"labels":{"a":"b"}}}"#,
+            "PatchOptions",
+        ),
+        (
+            "DELETE",
+            format!("{SVCS}/s?dryRun=Some"),
+            "application/json",
+            b"",
+            "DeleteOptions",
+        ),
+    ];
+    for (method, path, ct, body, kind) in dry_cases {
+        let (code, status) = send(&ts, method, &path, ct, body.to_vec()).await;
+        assert_status(code, &status, 422, "Invalid");
+        assert_eq!(
+            status["message"],
+            format!(
+                "{kind}.meta.k8s.io \"\" is invalid: dryRun: Unsupported value: []string{{\"Some\"}}: supported values: \"All\""
+            ),
+            "{method}"
+        );
+        assert_eq!(status["details"]["kind"], kind, "{method}");
+    }
+    let (_, now) = send(&ts, "GET", &format!("{SVCS}/s"), "application/json", vec![]).await;
+    assert_eq!(
+        now["metadata"]["resourceVersion"],
+        created["metadata"]["resourceVersion"]
+    );
+    assert_eq!(count_services(&ts).await, 1);
+
     // Unknown resource → 404 Status.
     let (code, status) = send(&ts, "GET", "/api/v1/bogus", "application/json", vec![]).await;
     assert_status(code, &status, 404, "NotFound");
