@@ -887,7 +887,7 @@ impl Api {
                 "Invalid",
                 format!(
                     "{} \"\" is invalid: patch: Invalid value: \"...\": strict decoding error: {joined}",
-                    info.kind
+                    info.resource().qualified_kind()
                 ),
             );
             e.details = Some(
