@@ -378,12 +378,14 @@ async fn endpoints_truncated_above_1000_pods() {
     })
     .await;
     assert_eq!(endpoint_ips(&endpoints).0.len(), 1000);
-    let slices = eventually("11 slices of at most 100", || async {
+    let slices = eventually("1001 endpoints in slices of at most 100", || async {
         let s = slices_of(&client, "many").await;
         (s.iter().map(|x| x.endpoints.len()).sum::<usize>() == 1001).then_some(s)
     })
     .await;
-    assert_eq!(slices.len(), 11);
+    // At least 11; more when pods arrive over several syncs, because upstream's reconciler does
+    // not rewrite an unchanged slice only to top it up unless all the rest fits into it.
+    assert!(slices.len() >= 11, "{} slices", slices.len());
     assert!(slices.iter().all(|s| s.endpoints.len() <= 100));
 
     // Back to 1000: the annotation is removed.
