@@ -107,14 +107,50 @@ fn set_from_fields(v: &Value) -> Set {
     out
 }
 
+/// A FieldsV1 tree under construction: whether this path is a member, and its children.
+#[derive(Default)]
+struct FieldsNode {
+    member: bool,
+    children: BTreeMap<Pe, FieldsNode>,
+}
+
+impl FieldsNode {
+    fn is_empty(&self) -> bool {
+        !self.member && self.children.is_empty()
+    }
+    /// Adds `child` under `pe`, merging with what is there (a list may repeat an item key).
+    fn adopt(&mut self, pe: Pe, child: FieldsNode) {
+        if child.is_empty() {
+            return;
+        }
+        match self.children.entry(pe) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(child);
+            }
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                let existing = o.get_mut();
+                existing.member |= child.member;
+                for (k, c) in child.children {
+                    existing.adopt(k, c);
+                }
+            }
+        }
+    }
+    fn encode(&self) -> Value {
+        let mut m = Map::new();
+        if self.member && !self.children.is_empty() {
+            m.insert(".".into(), json!({}));
+        }
+        for (pe, c) in &self.children {
+            m.insert(pe.fields_key(), c.encode());
+        }
+        Value::Object(m)
+    }
+}
+
 /// Encodes a set of member paths as FieldsV1.
 fn fields_from_set(set: &Set) -> Value {
-    #[derive(Default)]
-    struct Node {
-        member: bool,
-        children: BTreeMap<Pe, Node>,
-    }
-    let mut root = Node::default();
+    let mut root = FieldsNode::default();
     for path in set {
         let mut n = &mut root;
         for pe in path {
@@ -122,17 +158,7 @@ fn fields_from_set(set: &Set) -> Value {
         }
         n.member = true;
     }
-    fn encode(n: &Node) -> Value {
-        let mut m = Map::new();
-        if n.member && !n.children.is_empty() {
-            m.insert(".".into(), json!({}));
-        }
-        for (pe, c) in &n.children {
-            m.insert(pe.fields_key(), encode(c));
-        }
-        Value::Object(m)
-    }
-    encode(&root)
+    root.encode()
 }
 
 /// How a list merges under apply.
@@ -335,14 +361,17 @@ const STRIPPED: &[&[&str]] = &[
 const STATUS_KINDS: &[&str] = &["Service", "Pod", "Node", "Namespace", "ServiceCIDR"];
 
 fn is_ignored(path: &[Pe], kind: &str, subresource: Option<&str>) -> bool {
-    let as_strs: Vec<&str> = path
+    let field = |i: usize| match path.get(i) {
+        Some(Pe::Field(n)) => n.as_str(),
+        _ => "",
+    };
+    let stripped = STRIPPED
         .iter()
-        .map(|p| if let Pe::Field(n) = p { n.as_str() } else { "" })
-        .collect();
-    if STRIPPED.contains(&as_strs.as_slice()) {
+        .any(|s| s.len() == path.len() && s.iter().enumerate().all(|(i, name)| field(i) == *name));
+    if stripped {
         return true;
     }
-    let top = as_strs.first().copied().unwrap_or("");
+    let top = field(0);
     match subresource {
         // The status subresource resets spec changes; the main resource resets status.
         Some("status") => top == "spec",
@@ -372,6 +401,105 @@ fn object_set(kind: &str, obj: &Value, containers: bool) -> Set {
         values: false,
     };
     object_fields(kind, obj, None, walk).into_keys().collect()
+}
+
+/// The FieldsV1 of every field of a new object: what `object_fields` with containers lists,
+/// built as a tree in one walk (no set of paths, no leaf values). Creates take this path.
+fn create_fields(kind: &str, obj: &Value, subresource: Option<&str>) -> FieldsNode {
+    struct Walker<'a> {
+        kind: &'a str,
+        subresource: Option<&'a str>,
+        path: Path,
+    }
+    impl Walker<'_> {
+        fn mark(&self, node: &mut FieldsNode) {
+            if !is_ignored(&self.path, self.kind, self.subresource) {
+                node.member = true;
+            }
+        }
+        /// The node at `self.path`, for value `v` of type `ty` (mirrors `field_values`).
+        fn walk(&mut self, v: &Value, ty: Ty) -> FieldsNode {
+            let mut node = FieldsNode::default();
+            match ty {
+                Ty::Leaf | Ty::Map(_, true) => self.mark(&mut node),
+                Ty::Struct(def) if openapi::is_atomic_struct(def) => self.mark(&mut node),
+                Ty::Struct(_) | Ty::Map(_, false) => {
+                    let Some(m) = v.as_object() else {
+                        self.mark(&mut node);
+                        return node;
+                    };
+                    if matches!(ty, Ty::Map(..)) && !self.path.is_empty() {
+                        self.mark(&mut node);
+                    }
+                    let in_metadata =
+                        matches!(self.path.as_slice(), [Pe::Field(f)] if f == "metadata");
+                    for (k, child) in m {
+                        if in_metadata && k == "managedFields" {
+                            continue;
+                        }
+                        self.path.push(Pe::Field(k.clone()));
+                        let child_node = match child_ty(ty, k) {
+                            Some(cty) => {
+                                let mut n = self.walk(child, cty);
+                                if child.is_null()
+                                    || child.as_object().is_some_and(Map::is_empty)
+                                    || !matches!(ty, Ty::Struct(_))
+                                {
+                                    self.mark(&mut n);
+                                }
+                                n
+                            }
+                            None => {
+                                let mut n = FieldsNode::default();
+                                self.mark(&mut n);
+                                n
+                            }
+                        };
+                        let pe = self.path.pop().unwrap_or(Pe::Index(0));
+                        node.adopt(pe, child_node);
+                    }
+                }
+                Ty::List(elem, ext) => {
+                    let Some(items) = v.as_array() else {
+                        self.mark(&mut node);
+                        return node;
+                    };
+                    self.mark(&mut node);
+                    match list_kind(ext) {
+                        ListKind::Atomic => {}
+                        ListKind::Set => {
+                            for item in items {
+                                self.path.push(Pe::Value(canonical(item)));
+                                let mut n = FieldsNode::default();
+                                self.mark(&mut n);
+                                let pe = self.path.pop().unwrap_or(Pe::Index(0));
+                                node.adopt(pe, n);
+                            }
+                        }
+                        ListKind::Map(keys) => {
+                            for item in items {
+                                self.path.push(Pe::Key(item_key(item, &keys)));
+                                let mut n = self.walk(item, elem_ty(elem));
+                                self.mark(&mut n);
+                                let pe = self.path.pop().unwrap_or(Pe::Index(0));
+                                node.adopt(pe, n);
+                            }
+                        }
+                    }
+                }
+            }
+            node
+        }
+    }
+    let ty = openapi::kind_definition(kind)
+        .map(Ty::Struct)
+        .unwrap_or(Ty::Map(Elem::Scalar, false));
+    let mut walker = Walker {
+        kind,
+        subresource,
+        path: Vec::new(),
+    };
+    walker.walk(obj, ty)
 }
 
 /// Paths with values and container members, as `Compare` needs them.
@@ -457,6 +585,10 @@ impl Entry {
         s
     }
     fn to_json(&self) -> Value {
+        self.json_with(fields_from_set(&self.set))
+    }
+    /// This entry as managedFields holds it, with its fields already encoded.
+    fn json_with(&self, fields_v1: Value) -> Value {
         let mut m = Map::new();
         m.insert("manager".into(), json!(self.manager));
         m.insert("operation".into(), json!(self.operation));
@@ -465,7 +597,7 @@ impl Entry {
             m.insert("time".into(), json!(t));
         }
         m.insert("fieldsType".into(), json!("FieldsV1"));
-        m.insert("fieldsV1".into(), fields_from_set(&self.set));
+        m.insert("fieldsV1".into(), fields_v1);
         if !self.subresource.is_empty() {
             m.insert("subresource".into(), json!(self.subresource));
         }
@@ -553,24 +685,26 @@ pub fn record_update(
     now: &str,
 ) {
     let Some(old) = old else {
-        // A create: every field is added and the writer is the only manager, so the paths are
-        // enough (no leaf values to compare).
-        let walk = Walk {
-            containers: true,
-            values: false,
-        };
-        let set: Set = object_fields(kind, new, subresource, walk)
-            .into_keys()
-            .collect();
+        // A create: every field is added and the writer is the only manager, so its entry is
+        // the object's own shape (no comparison, no set of paths).
+        let fields = create_fields(kind, new, subresource);
         let entry = Entry {
             manager: manager.to_string(),
             operation: "Update".into(),
             api_version: api_version_of(kind, new),
             time: Some(now.to_string()),
             subresource: subresource.unwrap_or("").to_string(),
-            set,
+            set: Set::new(),
         };
-        write_entries(new, vec![entry]);
+        let managed = (!fields.is_empty()).then(|| vec![entry.json_with(fields.encode())]);
+        if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+            match managed {
+                Some(list) => meta.insert("managedFields".into(), Value::Array(list)),
+                None => meta.remove("managedFields"),
+            };
+        } else if let (Some(list), Some(o)) = (managed, new.as_object_mut()) {
+            o.insert("metadata".into(), json!({ "managedFields": list }));
+        }
         return;
     };
     let mut entries = read_entries(Some(old));
@@ -1251,5 +1385,141 @@ mod tests {
         let out = apply("Service", Some(&live), &second, "two", true, T2).expect("force");
         assert_eq!(out["metadata"]["finalizers"], json!(["a", "b"]));
         assert_eq!(out["spec"]["externalIPs"], json!(["3.3.3.3"]));
+    }
+
+    /// The create shortcut must give exactly what the general comparison gives for a new object.
+    #[test]
+    fn create_fields_match_the_general_walk() {
+        let objects = [
+            (
+                "Service",
+                None,
+                svc(
+                    json!([{"port": 80}, {"name": "b", "port": 81, "protocol": "UDP", "targetPort": "x"}]),
+                ),
+            ),
+            (
+                "Service",
+                None,
+                json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "s", "namespace": "d", "labels": {"a": "b"}, "annotations": {},
+                             "finalizers": ["x", "y"], "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "u"}],
+                             "managedFields": [{"manager": "old"}], "uid": "1", "resourceVersion": "2", "generation": 1},
+                "spec": {"type": "NodePort", "clusterIP": "10.0.0.1", "clusterIPs": ["10.0.0.1"], "ipFamilies": ["IPv4"],
+                         "ports": [{"port": 80, "nodePort": 30000}, {"port": 80}], "selector": null,
+                         "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 10}}, "bogus": {"x": 1}},
+                "status": {"loadBalancer": {}}}),
+            ),
+            (
+                "Service",
+                Some("status"),
+                json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 1}]},
+                "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3.4", "ports": [{"port": 80, "protocol": "TCP"}]}]},
+                           "conditions": [{"type": "A", "status": "True"}]}}),
+            ),
+            (
+                "EndpointSlice",
+                None,
+                json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "e", "labels": {"kubernetes.io/service-name": "s"}}, "addressType": "IPv4",
+                "ports": [{"name": "http", "port": 80}], "endpoints": [
+                    {"addresses": ["10.0.0.1"], "conditions": {"ready": true}, "targetRef": {"kind": "Pod", "name": "p"}, "zone": "z", "hints": {"forZones": [{"name": "z"}]}},
+                    {"addresses": ["10.0.0.2"], "nodeName": "n"}]}),
+            ),
+            (
+                "Pod",
+                None,
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "p-"},
+                "spec": {"nodeName": "n", "containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 80, "name": "http"}],
+                         "env": [{"name": "A", "value": "1"}], "args": ["a", "b"]}]},
+                "status": {"phase": "Running", "podIPs": [{"ip": "10.0.0.1"}]}}),
+            ),
+            (
+                "Node",
+                None,
+                json!({"metadata": {"name": "n", "labels": {"topology.kubernetes.io/zone": "z"}},
+                "spec": {"podCIDRs": ["10.244.0.0/24"], "taints": [{"key": "k", "effect": "NoSchedule"}]},
+                "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.1"}]}}),
+            ),
+            (
+                "Namespace",
+                None,
+                json!({"metadata": {"name": "ns"}, "spec": {"finalizers": ["kubernetes"]}}),
+            ),
+            (
+                "Event",
+                None,
+                json!({"metadata": {"name": "ev"}, "involvedObject": {"kind": "Pod", "name": "p"}, "reason": "R", "count": 2}),
+            ),
+            (
+                "Unknown",
+                None,
+                json!({"metadata": {"name": "x"}, "a": {"b": [1, 2]}, "c": null}),
+            ),
+        ];
+        for (kind, sub, obj) in objects {
+            let general: Set = object_fields(kind, &obj, sub, COMPARE)
+                .into_keys()
+                .collect();
+            let want = fields_from_set(&general);
+            let got = create_fields(kind, &obj, sub).encode();
+            assert_eq!(got, want, "{kind} {sub:?}");
+            let mut created = obj.clone();
+            record_update(kind, None, &mut created, "m", sub, T1);
+            let entries = managed(&created);
+            if general.is_empty() {
+                assert!(entries.is_empty(), "{kind}");
+            } else {
+                assert_eq!(entries.len(), 1, "{kind}");
+                assert_eq!(entries[0]["fieldsV1"], want, "{kind}");
+                assert_eq!(entries[0]["manager"], "m");
+            }
+        }
+    }
+
+    fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            (0u16..100).prop_map(Value::from),
+            "[a-c]{0,2}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            let keys = prop_oneof![
+                Just("ports".to_string()),
+                Just("port".to_string()),
+                Just("protocol".to_string()),
+                Just("labels".to_string()),
+                Just("selector".to_string()),
+                Just("clusterIPs".to_string()),
+                "[a-c]{1,2}",
+            ];
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map(keys, inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Any shape, schema-valid or not, gets the same fields from both walks.
+        #[test]
+        fn create_fields_match_the_general_walk_for_any_shape(
+            spec in arbitrary_json(),
+            metadata in arbitrary_json(),
+            status in proptest::bool::ANY,
+        ) {
+            let obj = json!({"metadata": metadata, "spec": spec});
+            let sub = status.then_some("status");
+            for kind in ["Service", "EndpointSlice", "Pod"] {
+                let general: Set = object_fields(kind, &obj, sub, COMPARE).into_keys().collect();
+                proptest::prop_assert_eq!(
+                    create_fields(kind, &obj, sub).encode(),
+                    fields_from_set(&general)
+                );
+            }
+        }
     }
 }

@@ -573,13 +573,32 @@ pub fn shape_of(prop: &'static Value) -> ShapeRef {
 
 /// The property `name` of `definition`, resolved.
 pub fn property(definition: &str, name: &str) -> Option<Property> {
-    let (def_key, s) = SCHEMAS.get_key_value(definition)?;
-    let p: &'static Value = s.get("properties")?.get(name)?;
-    Some(Property {
-        shape: shape_of(p),
-        ext: field_ext(def_key, name),
-    })
+    PROPERTY_INDEX.get(definition)?.get(name).copied()
 }
+
+/// Every property of every definition, resolved once: the field walkers (strict decoding,
+/// patches, managedFields) look one up per field of every write.
+static PROPERTY_INDEX: LazyLock<
+    std::collections::HashMap<&'static str, std::collections::HashMap<&'static str, Property>>,
+> = LazyLock::new(|| {
+    SCHEMAS
+        .iter()
+        .filter_map(|(def, schema)| {
+            let props = schema.get("properties")?.as_object()?;
+            let resolved = props
+                .iter()
+                .map(|(name, p)| {
+                    let property = Property {
+                        shape: shape_of(p),
+                        ext: field_ext(def, name),
+                    };
+                    (name.as_str(), property)
+                })
+                .collect();
+            Some((def.as_str(), resolved))
+        })
+        .collect()
+});
 
 /// Whether a definition is atomic as a whole (`+structType=atomic`).
 pub fn is_atomic_struct(definition: &str) -> bool {
