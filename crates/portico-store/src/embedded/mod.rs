@@ -530,7 +530,7 @@ fn write_batch(
         return Err(fail(internal(error), placeholders(requests), false));
     }
     let mut pending = requests.into_iter();
-    let mut record = Vec::new();
+    let mut record = wal::new_record();
     let applied = (|| -> Result<()> {
         let mut log = txn.open_table(LOG).map_err(internal)?;
         let mut history = txn.open_table(HISTORY).map_err(internal)?;
@@ -592,8 +592,8 @@ fn write_batch(
     if let Err(error) = applied {
         return Err(fail_all(error, outcomes, pending, batches, false));
     }
-    if !record.is_empty()
-        && let Err(error) = wal.append(&record, sync_commits)
+    if record.len() > wal::RECORD_HEADER
+        && let Err(error) = wal.append(&mut record, sync_commits)
     {
         // The record may or may not be on disk: replay after a restart decides.
         return Err(fail_all(error, outcomes, pending, batches, true));

@@ -71,17 +71,17 @@ impl Wal {
         Ok((Self { file, len }, entries))
     }
 
-    /// Appends one record; with `sync`, it is on disk when this returns.
-    pub(crate) fn append(&mut self, payload: &[u8], sync: bool) -> Result<()> {
-        let len = u32::try_from(payload.len())
+    /// Appends one record whose payload follows the [`RECORD_HEADER`] bytes `record` starts
+    /// with (see [`new_record`]); the header is filled in here, so the payload is never copied.
+    /// With `sync`, it is on disk when this returns.
+    pub(crate) fn append(&mut self, record: &mut [u8], sync: bool) -> Result<()> {
+        let payload_len = record.len().saturating_sub(RECORD_HEADER);
+        let len = u32::try_from(payload_len)
             .map_err(|_| Error::Internal("write-ahead log record too large".to_string()))?;
-        let mut record = Vec::with_capacity(payload.len() + 8);
-        record.extend_from_slice(&len.to_le_bytes());
-        record.extend_from_slice(&crc32(payload).to_le_bytes());
-        record.extend_from_slice(payload);
-        self.file
-            .write_all_at(&record, self.len)
-            .map_err(internal)?;
+        let crc = crc32(&record[RECORD_HEADER..]);
+        record[0..4].copy_from_slice(&len.to_le_bytes());
+        record[4..8].copy_from_slice(&crc.to_le_bytes());
+        self.file.write_all_at(record, self.len).map_err(internal)?;
         if sync {
             self.file.sync_data().map_err(internal)?;
         }
@@ -101,6 +101,14 @@ impl Wal {
     pub(crate) fn len(&self) -> u64 {
         self.len
     }
+}
+
+/// Bytes before a record's payload: its length and checksum.
+pub(crate) const RECORD_HEADER: usize = 8;
+
+/// A record buffer with room for the header; encoders append the payload after it.
+pub(crate) fn new_record() -> Vec<u8> {
+    vec![0; RECORD_HEADER]
 }
 
 /// The payload at `offset` and the offset after it, if a whole, intact record is there.
@@ -217,32 +225,9 @@ pub(crate) fn decode_payload(payload: &[u8]) -> Result<Vec<WalEntry>> {
     Ok(entries)
 }
 
-/// CRC-32 (IEEE, reflected), table-driven.
+/// CRC-32 (IEEE, reflected), as zlib and Go's `hash/crc32` compute it.
 fn crc32(bytes: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut crc = i as u32;
-            let mut bit = 0;
-            while bit < 8 {
-                crc = if crc & 1 != 0 {
-                    (crc >> 1) ^ 0xEDB8_8320
-                } else {
-                    crc >> 1
-                };
-                bit += 1;
-            }
-            table[i] = crc;
-            i += 1;
-        }
-        table
-    };
-    let mut crc = !0u32;
-    for byte in bytes {
-        crc = TABLE[((crc ^ u32::from(*byte)) & 0xff) as usize] ^ (crc >> 8);
-    }
-    !crc
+    crc32fast::hash(bytes)
 }
 
 #[cfg(test)]
@@ -272,7 +257,7 @@ mod tests {
         {
             let (mut wal, existing) = Wal::open(&path).unwrap();
             assert!(existing.is_empty());
-            let mut payload = Vec::new();
+            let mut payload = new_record();
             encode_txn(
                 &mut payload,
                 2,
@@ -282,14 +267,14 @@ mod tests {
                 ],
             );
             encode_compact(&mut payload, 2);
-            wal.append(&payload, true).unwrap();
-            let mut second = Vec::new();
+            wal.append(&mut payload, true).unwrap();
+            let mut second = new_record();
             encode_txn(
                 &mut second,
                 3,
                 &[Op::Put("c".into(), Bytes::from_static(b"3"))],
             );
-            wal.append(&second, true).unwrap();
+            wal.append(&mut second, true).unwrap();
         }
         // Cut the last record in half: only the first one survives.
         let full = std::fs::read(&path).unwrap();
