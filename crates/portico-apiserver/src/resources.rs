@@ -238,27 +238,28 @@ pub fn in_group_version<'a>(
 /// render it (`spec.unschedulable` is `true`/`false`; `source` is the source component).
 pub fn field_value(info: &ResourceInfo, obj: &serde_json::Value, field: &str) -> Option<String> {
     let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
-    let ptr = |p: &str| obj.pointer(p);
+    let at = obj.pointer(&field_pointer(info, field));
     Some(match field {
-        "metadata.name" => s(ptr("/metadata/name")?),
-        "metadata.namespace" => ptr("/metadata/namespace").map(s).unwrap_or_default(),
-        "source" if info.plural == "events" => ptr("/source/component").map(s).unwrap_or_default(),
-        "spec.unschedulable" => ptr("/spec/unschedulable")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false)
-            .to_string(),
-        "spec.hostNetwork" => ptr("/spec/hostNetwork")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false)
-            .to_string(),
-        "status.podIPs" => ptr("/status/podIPs/0/ip").map(s).unwrap_or_default(),
-        other => {
-            let p = format!("/{}", other.replace('.', "/"));
-            match ptr(&p) {
-                Some(serde_json::Value::String(v)) => v.clone(),
-                Some(serde_json::Value::Null) | None => String::new(),
-                Some(v) => v.to_string(),
-            }
+        "metadata.name" => s(at?),
+        "metadata.namespace" => at.map(s).unwrap_or_default(),
+        "source" if info.plural == "events" => at.map(s).unwrap_or_default(),
+        "spec.unschedulable" | "spec.hostNetwork" => {
+            at.and_then(|v| v.as_bool()).unwrap_or(false).to_string()
         }
+        "status.podIPs" => at.map(s).unwrap_or_default(),
+        _ => match at {
+            Some(serde_json::Value::String(v)) => v.clone(),
+            Some(serde_json::Value::Null) | None => String::new(),
+            Some(v) => v.to_string(),
+        },
     })
+}
+
+/// The JSON pointer of the value a field label reads (`spec.clusterIP` → `/spec/clusterIP`).
+pub fn field_pointer(info: &ResourceInfo, field: &str) -> String {
+    match field {
+        "source" if info.plural == "events" => "/source/component".to_string(),
+        "status.podIPs" => "/status/podIPs/0/ip".to_string(),
+        other => format!("/{}", other.replace('.', "/")),
+    }
 }

@@ -82,17 +82,16 @@ impl CachedObject {
         let fields = if info.field_labels.is_empty() {
             Box::default()
         } else {
-            // Only the top-level members the field labels read are decoded.
-            let mut partial = Map::new();
+            // Only the values the field labels read are decoded, into an object that holds
+            // nothing else.
+            let mut partial = Value::Object(Map::new());
             for f in info.field_labels {
-                let root = f.split('.').next().unwrap_or(f);
-                if let Some(raw) = top.get(root)
-                    && !partial.contains_key(root)
-                {
-                    partial.insert(root.to_string(), serde_json::from_str(raw.get())?);
+                let pointer = crate::resources::field_pointer(info, f);
+                let segments: Vec<&str> = pointer.split('/').skip(1).collect();
+                if let Some(v) = extract(&top, &segments)? {
+                    graft(&mut partial, &segments, v);
                 }
             }
-            let partial = Value::Object(partial);
             info.field_labels
                 .iter()
                 .map(|f| crate::resources::field_value(info, &partial, f).unwrap_or_default())
@@ -228,6 +227,79 @@ fn labels_from_json(text: &str) -> BTreeMap<String, String> {
 
 /// A stored object split into its top-level members and its metadata members, all undecoded.
 /// A missing or non-object `metadata` counts as empty (as `object::meta_mut` treats it).
+/// The value at `segments` under the members `top`, decoding only the containers on the way.
+fn extract(top: &Members, segments: &[&str]) -> Result<Option<Value>, serde_json::Error> {
+    let Some((first, rest)) = segments.split_first() else {
+        return Ok(None);
+    };
+    let Some(mut raw) = top.get(*first).copied() else {
+        return Ok(None);
+    };
+    for segment in rest {
+        let next = match segment.parse::<usize>() {
+            Ok(i) if raw.get().trim_start().starts_with('[') => {
+                serde_json::from_str::<Vec<&RawValue>>(raw.get())?
+                    .get(i)
+                    .copied()
+            }
+            _ if raw.get().trim_start().starts_with('{') => {
+                serde_json::from_str::<Members>(raw.get())?
+                    .get(*segment)
+                    .copied()
+            }
+            _ => None,
+        };
+        let Some(next) = next else {
+            return Ok(None);
+        };
+        raw = next;
+    }
+    serde_json::from_str(raw.get()).map(Some)
+}
+
+/// Puts `v` at `segments` inside `root`, creating the objects and arrays on the way.
+fn graft(root: &mut Value, segments: &[&str], v: Value) {
+    let Some((last, parents)) = segments.split_last() else {
+        return;
+    };
+    let mut at = root;
+    for (i, segment) in parents.iter().enumerate() {
+        let next_is_index = segments[i + 1].parse::<usize>().is_ok();
+        let fresh = || {
+            if next_is_index {
+                Value::Array(Vec::new())
+            } else {
+                Value::Object(Map::new())
+            }
+        };
+        at = match (at, segment.parse::<usize>()) {
+            (Value::Array(items), Ok(index)) => {
+                if items.len() <= index {
+                    items.resize(index + 1, Value::Null);
+                }
+                if items[index].is_null() {
+                    items[index] = fresh();
+                }
+                &mut items[index]
+            }
+            (Value::Object(m), _) => m.entry(segment.to_string()).or_insert_with(fresh),
+            _ => return,
+        };
+    }
+    match (at, last.parse::<usize>()) {
+        (Value::Array(items), Ok(index)) => {
+            if items.len() <= index {
+                items.resize(index + 1, Value::Null);
+            }
+            items[index] = v;
+        }
+        (Value::Object(m), _) => {
+            m.insert(last.to_string(), v);
+        }
+        _ => {}
+    }
+}
+
 fn parse_stored(stored: &[u8]) -> Result<(Members<'_>, StoredMeta<'_>), serde_json::Error> {
     let top: Members = serde_json::from_slice(stored)?;
     let meta = top
@@ -555,6 +627,20 @@ mod tests {
             (
                 "pods",
                 r#"{"metadata":{"name":"p","namespace":"n","labels":{"x":7}},"spec":{"nodeName":"n1"},"status":{"phase":"Running","podIPs":[{"ip":"10.1.0.1"}]}}"#,
+            ),
+            (
+                "pods",
+                r#"{"metadata":{"name":"q"},"spec":{"hostNetwork":true,"restartPolicy":7},"status":{"podIP":null,"podIPs":[]}}"#,
+            ),
+            ("pods", r#"{"metadata":{"name":"r"},"spec":"odd","status":[1]}"#),
+            (
+                "services",
+                r#"{"metadata":{"name":"s"},"spec":{"clusterIP":{"a":1},"type":["x"]}}"#,
+            ),
+            ("nodes", r#"{"metadata":{"name":"n"},"spec":{"unschedulable":true}}"#),
+            (
+                "events",
+                r#"{"metadata":{"name":"e","namespace":"d"},"involvedObject":{"kind":"Pod","name":"p","uid":"u"},"reason":"R","source":{"component":"c"},"type":"Normal"}"#,
             ),
         ];
         for (plural, stored) in cases {
