@@ -100,7 +100,7 @@ impl CachedObject {
         let prefix = line_prefix(line_kind);
         let mut buf = Vec::with_capacity(stored.len() + prefix.len() + 48);
         buf.extend_from_slice(prefix.as_bytes());
-        write_with_revision(&top, &meta, revision, &mut buf)?;
+        write_with_revision(stored, &top, &meta, revision, &mut buf)?;
         let end = buf.len();
         buf.extend_from_slice(b"}\n");
         let line = Bytes::from(buf);
@@ -312,11 +312,29 @@ fn parse_stored(stored: &[u8]) -> Result<(Members<'_>, StoredMeta<'_>), serde_js
 /// Writes the object with `metadata.resourceVersion` set, members in `serde_json`'s order
 /// (sorted, as a `Value` writes them) and their values copied as stored.
 fn write_with_revision(
+    stored: &[u8],
     top: &Members,
     meta: &StoredMeta,
     revision: Revision,
     out: &mut Vec<u8>,
 ) -> Result<(), serde_json::Error> {
+    if let Some(at) = revision_insertion_point(stored, top, meta) {
+        // The stored bytes are already in that order: one copy with the member spliced in.
+        let (before, after) = stored.split_at(at.offset);
+        out.reserve(stored.len() + 40);
+        out.extend_from_slice(before);
+        if at.after_member {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"resourceVersion\":\"");
+        out.extend_from_slice(revision.to_string().as_bytes());
+        out.push(b'"');
+        if !at.after_member && !meta.0.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(after);
+        return Ok(());
+    }
     let rv = RawValue::from_string(format!("\"{revision}\""))?;
     let mut meta: BTreeMap<&str, &RawValue> =
         meta.0.iter().map(|(k, v)| (k.as_str(), *v)).collect();
@@ -325,6 +343,67 @@ fn write_with_revision(
     let mut top: BTreeMap<&str, &RawValue> = top.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     top.insert("metadata", &meta_raw);
     serde_json::to_writer(out, &top)
+}
+
+/// Where `"resourceVersion":…` goes in the stored bytes.
+struct Insertion {
+    offset: usize,
+    /// Right after a member (a comma first), else right after the metadata's `{`.
+    after_member: bool,
+}
+
+/// Where `metadata.resourceVersion` belongs in `stored` so that the result is exactly what
+/// re-encoding the members in order would give: only for compact objects whose members are
+/// stored in sorted order (as this server writes them) and carry no resourceVersion yet.
+fn revision_insertion_point(stored: &[u8], top: &Members, meta: &StoredMeta) -> Option<Insertion> {
+    let base = stored.as_ptr() as usize;
+    let span = |raw: &RawValue| {
+        let start = (raw.get().as_ptr() as usize).checked_sub(base)?;
+        Some((start, start + raw.get().len()))
+    };
+    // Compact and sorted: each member starts right after the previous one, `,"key":`.
+    let compact_sorted = |members: &Members, open: usize| -> Option<()> {
+        let mut at = open + 1;
+        for (i, (key, raw)) in members.iter().enumerate() {
+            let plain = !key.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20);
+            let key_len = if plain {
+                key.len() + 2
+            } else {
+                serde_json::to_string(key).ok()?.len()
+            };
+            let expected = at + usize::from(i > 0) + key_len + 1;
+            let (start, end) = span(raw)?;
+            if start != expected {
+                return None;
+            }
+            at = end;
+        }
+        (stored.get(at) == Some(&b'}')).then_some(())
+    };
+    if stored.first() != Some(&b'{') || meta.0.contains_key("resourceVersion") {
+        return None;
+    }
+    compact_sorted(top, 0)?;
+    let (meta_start, _) = span(top.get("metadata")?)?;
+    compact_sorted(&meta.0, meta_start)?;
+    let previous = meta
+        .0
+        .range::<str, _>((
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Excluded("resourceVersion"),
+        ))
+        .next_back()
+        .map(|(_, raw)| raw);
+    Some(match previous {
+        Some(raw) => Insertion {
+            offset: span(raw)?.1,
+            after_member: true,
+        },
+        None => Insertion {
+            offset: meta_start + 1,
+            after_member: false,
+        },
+    })
 }
 
 /// Appends a stored object as served (with `metadata.resourceVersion`) to `out` and returns
@@ -336,7 +415,7 @@ pub fn encode_stored<'a>(
 ) -> Result<StoredMeta<'a>, ApiError> {
     let encode = |out: &mut Vec<u8>| {
         let (top, meta) = parse_stored(stored)?;
-        write_with_revision(&top, &meta, revision, out)?;
+        write_with_revision(stored, &top, &meta, revision, out)?;
         Ok::<_, serde_json::Error>(meta)
     };
     encode(out).map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))
@@ -638,6 +717,15 @@ mod tests {
                 r#"{"metadata":{"name":"s"},"spec":{"clusterIP":{"a":1},"type":["x"]}}"#,
             ),
             ("nodes", r#"{"metadata":{"name":"n"},"spec":{"unschedulable":true}}"#),
+            // Where resourceVersion goes: first, last, into an empty metadata, and the slow
+            // path for stored text that is not compact or not sorted, or already has one.
+            ("nodes", r#"{"metadata":{"uid":"u"}}"#),
+            ("nodes", r#"{"metadata":{"annotations":{"a":"b"},"name":"n"}}"#),
+            ("nodes", r#"{"metadata":{}}"#),
+            ("nodes", r#"{"kind": "Node", "metadata": {"name": "n", "uid": "u"}}"#),
+            ("nodes", r#"{"metadata":{"uid":"u","name":"n"},"kind":"Node"}"#),
+            ("nodes", r#"{"metadata":{"name":"n","resourceVersion":"3"}}"#),
+            ("nodes", r#"{"metadata":{"na\u006de":"n","nam\"e":"x"}}"#),
             (
                 "events",
                 r#"{"metadata":{"name":"e","namespace":"d"},"involvedObject":{"kind":"Pod","name":"p","uid":"u"},"reason":"R","source":{"component":"c"},"type":"Normal"}"#,
