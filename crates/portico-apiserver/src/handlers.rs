@@ -1116,7 +1116,14 @@ impl Api {
         name: &str,
     ) -> Result<(), ApiError> {
         let ns_info = resources::by_plural("namespaces").expect("namespaces is served");
-        let nsobj = match self.store.get(&key_of(ns_info, None, ns)).await? {
+        let key = key_of(ns_info, None, ns);
+        // Like upstream's NamespaceLifecycle admission: the cache answers for a live namespace;
+        // a missing or terminating one is looked up in the store (the cache may lag a create).
+        let cached = self.caches.get("namespaces").and_then(|c| c.get(&key));
+        if cached.is_some_and(|n| !n.deleting()) {
+            return Ok(());
+        }
+        let nsobj = match self.store.get(&key).await? {
             Some(kv) => object::decode_stored(&kv)?,
             None => return Err(ApiError::not_found(ns_info.resource(), ns)),
         };

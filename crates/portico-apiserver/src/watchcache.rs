@@ -57,6 +57,8 @@ pub struct CachedObject {
     labels: Option<Box<str>>,
     /// Values of the resource's field labels, in `info.field_labels` order.
     fields: Box<[String]>,
+    /// `metadata.deletionTimestamp` is set (the object is terminating).
+    deleting: bool,
     info: &'static ResourceInfo,
 }
 
@@ -78,6 +80,7 @@ impl CachedObject {
         let (top, meta) = parse_stored(stored)?;
         let name = meta.string("name");
         let namespace = meta.namespace();
+        let deleting = meta.0.get("deletionTimestamp").is_some_and(|raw| raw.get() != "null");
         let labels = meta.0.get("labels").map(|raw| Box::from(raw.get()));
         let fields = if info.field_labels.is_empty() {
             Box::default()
@@ -114,6 +117,7 @@ impl CachedObject {
             namespace,
             labels,
             fields,
+            deleting,
             info,
         })
     }
@@ -141,6 +145,11 @@ impl CachedObject {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether deletion was requested (`metadata.deletionTimestamp` is set).
+    pub fn deleting(&self) -> bool {
+        self.deleting
     }
 
     /// `metadata.namespace`, empty for cluster-scoped objects.
@@ -620,6 +629,11 @@ impl WatchCache {
 
     pub fn revision(&self) -> Revision {
         self.lock().revision
+    }
+
+    /// The current object at `key`, if the cache holds it.
+    pub fn get(&self, key: &str) -> Option<Arc<CachedObject>> {
+        self.lock().objects.get(key).cloned()
     }
 
     /// Every current object (with its resourceVersion) and the cache revision.
