@@ -975,7 +975,7 @@ impl Api {
             ] {
                 m.remove(k);
             }
-            m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+            m.insert("uid".into(), json!(crate::object::new_uid()));
             m.insert("creationTimestamp".into(), json!(now));
             if info.generation {
                 m.insert("generation".into(), json!(1));

@@ -179,6 +179,14 @@ impl ApiError {
 }
 
 /// RFC 3339 with whole seconds, as upstream's `metav1.Time`.
+/// A new `metadata.uid`: a random (v4) UUID from the thread's generator, not a system call
+/// per object.
+pub fn new_uid() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
+}
+
 pub fn now_rfc3339() -> String {
     let now = jiff::Timestamp::now();
     jiff::Timestamp::from_second(now.as_second())
@@ -426,6 +434,15 @@ pub fn is_dns1123_label(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uids_are_distinct_version_4_uuids() {
+        let (a, b) = (new_uid(), new_uid());
+        assert_ne!(a, b);
+        let parsed = uuid::Uuid::parse_str(&a).expect("a UUID");
+        assert_eq!(parsed.get_version(), Some(uuid::Version::Random));
+        assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122);
+    }
 
     #[test]
     fn names() {

@@ -234,7 +234,7 @@ pub fn ip_address_object(ip: &IpAddr, namespace: &str, service: &str) -> Value {
         "kind": "IPAddress",
         "metadata": {
             "name": ip.to_string(),
-            "uid": uuid::Uuid::new_v4().to_string(),
+            "uid": crate::object::new_uid(),
             "creationTimestamp": now_rfc3339(),
             "labels": {
                 portico_core::service::cidr::LABEL_IP_FAMILY: family,
@@ -253,7 +253,7 @@ pub fn default_service_cidr_object(cidrs: &[IpNet]) -> Value {
         "kind": "ServiceCIDR",
         "metadata": {
             "name": portico_core::service::cidr::DEFAULT_SERVICE_CIDR,
-            "uid": uuid::Uuid::new_v4().to_string(),
+            "uid": crate::object::new_uid(),
             "creationTimestamp": now,
         },
         "spec": {"cidrs": cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>()},
