@@ -989,12 +989,16 @@ impl Api {
         {
             m.remove("status");
         }
-        obj = object::typed_roundtrip(info, obj)?;
+        let hooks = self.hooks(info);
+        if hooks.reencodes_typed() {
+            object::typed_check(info, &obj)?;
+        } else {
+            obj = object::typed_roundtrip(info, obj)?;
+        }
         object::apply_kind_defaults(info, &mut obj, true);
         if info.plural == "services" && self.service_fallback {
             crate::service_fallback::defaults(&mut obj, None);
         }
-        let hooks = self.hooks(info);
         for attempt in 0..RETRIES {
             let mut candidate = obj.clone();
             if explicit_name.is_none()

@@ -69,6 +69,12 @@ pub trait ObjectHooks: Send + Sync + 'static {
         Ok(Prepared::default())
     }
 
+    /// Whether `prepare_create` replaces the object with its typed (k8s-openapi) encoding on
+    /// success. The generic layer then only type-checks the body instead of round-tripping it.
+    fn reencodes_typed(&self) -> bool {
+        false
+    }
+
     /// Called once per prepared write after the transaction: `committed` says whether it landed.
     /// Also called with `false` for dry runs and for writes that failed later.
     fn finish(&self, _prepared: Prepared, _committed: bool) {}

@@ -97,6 +97,10 @@ fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(v: Value) -> Res
     serde_json::to_value(typed).map_err(|e| e.to_string())
 }
 
+fn decodes<T: serde::de::DeserializeOwned>(v: &Value) -> Result<(), String> {
+    T::deserialize(v).map(drop).map_err(|e| e.to_string())
+}
+
 /// Decodes into the k8s-openapi type and back: rejects wrong types (upstream's "cannot be
 /// handled as a Service" 400) and drops unknown fields, which upstream also never stores.
 pub fn typed_roundtrip(info: &ResourceInfo, v: Value) -> Result<Value, ApiError> {
@@ -113,18 +117,31 @@ pub fn typed_roundtrip(info: &ResourceInfo, v: Value) -> Result<Value, ApiError>
         "IPAddress" => roundtrip::<net::IPAddress>(v),
         _ => Ok(v),
     };
-    let mut out = r.map_err(|e| {
-        ApiError::bad_request(format!(
-            "{} in version \"{}\" cannot be handled as a {}: {}",
-            info.kind, info.version, info.kind, e
-        ))
-    })?;
+    let mut out = r.map_err(|e| cannot_be_handled(info, &e))?;
     // k8s-openapi always writes apiVersion/kind; make sure they are ours.
     if let Some(m) = out.as_object_mut() {
         m.insert("apiVersion".into(), Value::String(info.api_version()));
         m.insert("kind".into(), Value::String(info.kind.to_string()));
     }
     Ok(out)
+}
+
+/// The type check of [`typed_roundtrip`] alone, for writes whose hooks re-encode the object
+/// from its typed form anyway (which drops the unknown fields).
+pub fn typed_check(info: &ResourceInfo, v: &Value) -> Result<(), ApiError> {
+    use k8s_openapi::api::core::v1 as core;
+    let r = match info.kind {
+        "Service" => decodes::<core::Service>(v),
+        _ => return typed_roundtrip(info, v.clone()).map(drop),
+    };
+    r.map_err(|e| cannot_be_handled(info, &e))
+}
+
+fn cannot_be_handled(info: &ResourceInfo, e: &str) -> ApiError {
+    ApiError::bad_request(format!(
+        "{} in version \"{}\" cannot be handled as a {}: {}",
+        info.kind, info.version, info.kind, e
+    ))
 }
 
 /// Checks `apiVersion`/`kind` of a request body against the endpoint, filling them when absent.

@@ -80,7 +80,10 @@ impl CachedObject {
         let (top, meta) = parse_stored(stored)?;
         let name = meta.string("name");
         let namespace = meta.namespace();
-        let deleting = meta.0.get("deletionTimestamp").is_some_and(|raw| raw.get() != "null");
+        let deleting = meta
+            .0
+            .get("deletionTimestamp")
+            .is_some_and(|raw| raw.get() != "null");
         let labels = meta.0.get("labels").map(|raw| Box::from(raw.get()));
         let fields = if info.field_labels.is_empty() {
             Box::default()
@@ -725,20 +728,38 @@ mod tests {
                 "pods",
                 r#"{"metadata":{"name":"q"},"spec":{"hostNetwork":true,"restartPolicy":7},"status":{"podIP":null,"podIPs":[]}}"#,
             ),
-            ("pods", r#"{"metadata":{"name":"r"},"spec":"odd","status":[1]}"#),
+            (
+                "pods",
+                r#"{"metadata":{"name":"r"},"spec":"odd","status":[1]}"#,
+            ),
             (
                 "services",
                 r#"{"metadata":{"name":"s"},"spec":{"clusterIP":{"a":1},"type":["x"]}}"#,
             ),
-            ("nodes", r#"{"metadata":{"name":"n"},"spec":{"unschedulable":true}}"#),
+            (
+                "nodes",
+                r#"{"metadata":{"name":"n"},"spec":{"unschedulable":true}}"#,
+            ),
             // Where resourceVersion goes: first, last, into an empty metadata, and the slow
             // path for stored text that is not compact or not sorted, or already has one.
             ("nodes", r#"{"metadata":{"uid":"u"}}"#),
-            ("nodes", r#"{"metadata":{"annotations":{"a":"b"},"name":"n"}}"#),
+            (
+                "nodes",
+                r#"{"metadata":{"annotations":{"a":"b"},"name":"n"}}"#,
+            ),
             ("nodes", r#"{"metadata":{}}"#),
-            ("nodes", r#"{"kind": "Node", "metadata": {"name": "n", "uid": "u"}}"#),
-            ("nodes", r#"{"metadata":{"uid":"u","name":"n"},"kind":"Node"}"#),
-            ("nodes", r#"{"metadata":{"name":"n","resourceVersion":"3"}}"#),
+            (
+                "nodes",
+                r#"{"kind": "Node", "metadata": {"name": "n", "uid": "u"}}"#,
+            ),
+            (
+                "nodes",
+                r#"{"metadata":{"uid":"u","name":"n"},"kind":"Node"}"#,
+            ),
+            (
+                "nodes",
+                r#"{"metadata":{"name":"n","resourceVersion":"3"}}"#,
+            ),
             ("nodes", r#"{"metadata":{"na\u006de":"n","nam\"e":"x"}}"#),
             (
                 "events",

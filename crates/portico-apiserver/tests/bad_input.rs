@@ -174,6 +174,46 @@ async fn bad_bodies_are_rejected_and_nothing_is_stored() {
     );
     assert_eq!(count_services(&ts).await, 1);
 
+    // Unknown fields are never stored: Ignore drops them silently, Warn drops them with a
+    // warning; a wrong type is still 400, before any validation (even with a bad name).
+    for (mode, name) in [("Ignore", "ignored"), ("Warn", "warned")] {
+        let body = format!(
+            r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"{name}","bogusMeta":1}},"spec":{{"bogus":{{"x":1}},"ports":[{{"port":80,"bogusPort":true}}]}},"bogusTop":"x"}}"#
+        );
+        let (code, created) = send(
+            &ts,
+            "POST",
+            &format!("{SVCS}?fieldValidation={mode}"),
+            "application/json",
+            body.into_bytes(),
+        )
+        .await;
+        assert_eq!(code, 201, "{created}");
+        let (_, stored) = send(
+            &ts,
+            "GET",
+            &format!("{SVCS}/{name}"),
+            "application/json",
+            vec![],
+        )
+        .await;
+        for doc in [&created, &stored] {
+            let text = doc.to_string();
+            assert!(!text.contains("bogus"), "{mode}: {text}");
+            assert_eq!(doc["spec"]["ports"][0]["port"], 80, "{mode}: {text}");
+        }
+    }
+    let wrong_type = br#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"Not_A_Name"},"spec":{"ports":"eighty"}}"#;
+    let (code, status) = send(&ts, "POST", SVCS, "application/json", wrong_type.to_vec()).await;
+    assert_status(code, &status, 400, "BadRequest");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("Service in version \"v1\" cannot be handled as a Service: "),
+        "{status}"
+    );
+
     // Unknown resource → 404 Status.
     let (code, status) = send(&ts, "GET", "/api/v1/bogus", "application/json", vec![]).await;
     assert_status(code, &status, 404, "NotFound");

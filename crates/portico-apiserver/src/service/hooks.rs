@@ -180,6 +180,11 @@ fn token(r: Reservation) -> Option<Box<dyn std::any::Any + Send + Sync>> {
 
 #[async_trait]
 impl ObjectHooks for ServiceHooks {
+    /// `prepare_create` always answers `from_service` of the decoded Service.
+    fn reencodes_typed(&self) -> bool {
+        true
+    }
+
     async fn prepare_create(
         &self,
         ctx: &WriteContext,
