@@ -111,19 +111,20 @@ fn set_from_fields(v: &Value) -> Set {
 #[derive(Default)]
 struct FieldsNode {
     member: bool,
-    children: BTreeMap<Pe, FieldsNode>,
+    /// Children by their FieldsV1 key (`f:name`, `k:{…}`, `v:…`).
+    children: BTreeMap<String, FieldsNode>,
 }
 
 impl FieldsNode {
     fn is_empty(&self) -> bool {
         !self.member && self.children.is_empty()
     }
-    /// Adds `child` under `pe`, merging with what is there (a list may repeat an item key).
-    fn adopt(&mut self, pe: Pe, child: FieldsNode) {
+    /// Adds `child` under `key`, merging with what is there (a list may repeat an item key).
+    fn adopt(&mut self, key: String, child: FieldsNode) {
         if child.is_empty() {
             return;
         }
-        match self.children.entry(pe) {
+        match self.children.entry(key) {
             std::collections::btree_map::Entry::Vacant(v) => {
                 v.insert(child);
             }
@@ -136,13 +137,13 @@ impl FieldsNode {
             }
         }
     }
-    fn encode(&self) -> Value {
+    fn encode(self) -> Value {
         let mut m = Map::new();
         if self.member && !self.children.is_empty() {
             m.insert(".".into(), json!({}));
         }
-        for (pe, c) in &self.children {
-            m.insert(pe.fields_key(), c.encode());
+        for (key, c) in self.children {
+            m.insert(key, c.encode());
         }
         Value::Object(m)
     }
@@ -154,7 +155,7 @@ fn fields_from_set(set: &Set) -> Value {
     for path in set {
         let mut n = &mut root;
         for pe in path {
-            n = n.children.entry(pe.clone()).or_default();
+            n = n.children.entry(pe.fields_key()).or_default();
         }
         n.member = true;
     }
@@ -361,17 +362,19 @@ const STRIPPED: &[&[&str]] = &[
 const STATUS_KINDS: &[&str] = &["Service", "Pod", "Node", "Namespace", "ServiceCIDR"];
 
 fn is_ignored(path: &[Pe], kind: &str, subresource: Option<&str>) -> bool {
-    let field = |i: usize| match path.get(i) {
-        Some(Pe::Field(n)) => n.as_str(),
-        _ => "",
-    };
-    let stripped = STRIPPED
+    let names: Vec<&str> = path
         .iter()
-        .any(|s| s.len() == path.len() && s.iter().enumerate().all(|(i, name)| field(i) == *name));
-    if stripped {
+        .map(|p| if let Pe::Field(n) = p { n.as_str() } else { "" })
+        .collect();
+    is_ignored_by_names(&names, kind, subresource)
+}
+
+/// [`is_ignored`] over a path's field names ("" for list items).
+fn is_ignored_by_names(names: &[&str], kind: &str, subresource: Option<&str>) -> bool {
+    if STRIPPED.contains(&names) {
         return true;
     }
-    let top = field(0);
+    let top = names.first().copied().unwrap_or("");
     match subresource {
         // The status subresource resets spec changes; the main resource resets status.
         Some("status") => top == "spec",
@@ -409,16 +412,22 @@ fn create_fields(kind: &str, obj: &Value, subresource: Option<&str>) -> FieldsNo
     struct Walker<'a> {
         kind: &'a str,
         subresource: Option<&'a str>,
-        path: Path,
+        /// Field names down to here ("" for list items): all that `is_ignored` looks at.
+        names: Vec<&'a str>,
     }
-    impl Walker<'_> {
+    impl<'a> Walker<'a> {
         fn mark(&self, node: &mut FieldsNode) {
-            if !is_ignored(&self.path, self.kind, self.subresource) {
+            if !is_ignored_by_names(&self.names, self.kind, self.subresource) {
                 node.member = true;
             }
         }
-        /// The node at `self.path`, for value `v` of type `ty` (mirrors `field_values`).
-        fn walk(&mut self, v: &Value, ty: Ty) -> FieldsNode {
+        fn leaf(&self) -> FieldsNode {
+            let mut n = FieldsNode::default();
+            self.mark(&mut n);
+            n
+        }
+        /// The node for value `v` of type `ty` at `self.names` (mirrors `field_values`).
+        fn walk(&mut self, v: &'a Value, ty: Ty) -> FieldsNode {
             let mut node = FieldsNode::default();
             match ty {
                 Ty::Leaf | Ty::Map(_, true) => self.mark(&mut node),
@@ -428,16 +437,15 @@ fn create_fields(kind: &str, obj: &Value, subresource: Option<&str>) -> FieldsNo
                         self.mark(&mut node);
                         return node;
                     };
-                    if matches!(ty, Ty::Map(..)) && !self.path.is_empty() {
+                    if matches!(ty, Ty::Map(..)) && !self.names.is_empty() {
                         self.mark(&mut node);
                     }
-                    let in_metadata =
-                        matches!(self.path.as_slice(), [Pe::Field(f)] if f == "metadata");
+                    let in_metadata = self.names.as_slice() == ["metadata"];
                     for (k, child) in m {
                         if in_metadata && k == "managedFields" {
                             continue;
                         }
-                        self.path.push(Pe::Field(k.clone()));
+                        self.names.push(k);
                         let child_node = match child_ty(ty, k) {
                             Some(cty) => {
                                 let mut n = self.walk(child, cty);
@@ -449,14 +457,10 @@ fn create_fields(kind: &str, obj: &Value, subresource: Option<&str>) -> FieldsNo
                                 }
                                 n
                             }
-                            None => {
-                                let mut n = FieldsNode::default();
-                                self.mark(&mut n);
-                                n
-                            }
+                            None => self.leaf(),
                         };
-                        let pe = self.path.pop().unwrap_or(Pe::Index(0));
-                        node.adopt(pe, child_node);
+                        self.names.pop();
+                        node.adopt(format!("f:{k}"), child_node);
                     }
                 }
                 Ty::List(elem, ext) => {
@@ -468,22 +472,20 @@ fn create_fields(kind: &str, obj: &Value, subresource: Option<&str>) -> FieldsNo
                     match list_kind(ext) {
                         ListKind::Atomic => {}
                         ListKind::Set => {
+                            self.names.push("");
                             for item in items {
-                                self.path.push(Pe::Value(canonical(item)));
-                                let mut n = FieldsNode::default();
-                                self.mark(&mut n);
-                                let pe = self.path.pop().unwrap_or(Pe::Index(0));
-                                node.adopt(pe, n);
+                                node.adopt(format!("v:{}", canonical(item)), self.leaf());
                             }
+                            self.names.pop();
                         }
                         ListKind::Map(keys) => {
+                            self.names.push("");
                             for item in items {
-                                self.path.push(Pe::Key(item_key(item, &keys)));
                                 let mut n = self.walk(item, elem_ty(elem));
                                 self.mark(&mut n);
-                                let pe = self.path.pop().unwrap_or(Pe::Index(0));
-                                node.adopt(pe, n);
+                                node.adopt(format!("k:{}", item_key(item, &keys)), n);
                             }
+                            self.names.pop();
                         }
                     }
                 }
@@ -497,7 +499,7 @@ fn create_fields(kind: &str, obj: &Value, subresource: Option<&str>) -> FieldsNo
     let mut walker = Walker {
         kind,
         subresource,
-        path: Vec::new(),
+        names: Vec::new(),
     };
     walker.walk(obj, ty)
 }
