@@ -14,7 +14,7 @@ use portico_store::{Compare, Op};
 use serde_json::Value;
 
 use super::state::WriteAlloc;
-use super::{SERVICES, ServiceHooks, Shared, encode, ip_address_object, ip_key, node_port_key};
+use super::{SERVICES, ServiceHooks, Shared, ip_address_object, ip_key, node_port_key};
 use crate::error::ApiError;
 use crate::hooks::{ObjectHooks, Prepared, WriteContext};
 
@@ -99,10 +99,8 @@ impl Shared {
         for ip in &r.ips {
             let key = ip_key(ip);
             p.compares.push(Compare::ModRevision(key.clone(), 0));
-            p.ops.push(Op::Put(
-                key,
-                encode(&ip_address_object(ip, namespace, name)),
-            ));
+            p.ops
+                .push(Op::Put(key, ip_address_object(ip, namespace, name)));
         }
         for port in &r.ports {
             let key = node_port_key(*port);

@@ -227,22 +227,48 @@ fn now_rfc3339() -> String {
 }
 
 /// The IPAddress object the allocator writes for a Service's cluster IP.
-pub fn ip_address_object(ip: &IpAddr, namespace: &str, service: &str) -> Value {
+pub fn ip_address_object(ip: &IpAddr, namespace: &str, service: &str) -> bytes::Bytes {
+    ip_address_json(
+        ip,
+        namespace,
+        service,
+        &crate::object::new_uid(),
+        &now_rfc3339(),
+    )
+}
+
+/// The IPAddress object's stored JSON, written directly in the canonical form (members sorted,
+/// compact) that encoding a `Value` gives: one is written with every Service create.
+fn ip_address_json(
+    ip: &IpAddr,
+    namespace: &str,
+    service: &str,
+    uid: &str,
+    created: &str,
+) -> bytes::Bytes {
+    use portico_core::service::cidr::{LABEL_IP_FAMILY, LABEL_MANAGED_BY, MANAGED_BY_ALLOCATOR};
     let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
-    json!({
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "IPAddress",
-        "metadata": {
-            "name": ip.to_string(),
-            "uid": crate::object::new_uid(),
-            "creationTimestamp": now_rfc3339(),
-            "labels": {
-                portico_core::service::cidr::LABEL_IP_FAMILY: family,
-                portico_core::service::cidr::LABEL_MANAGED_BY: portico_core::service::cidr::MANAGED_BY_ALLOCATOR,
-            },
-        },
-        "spec": {"parentRef": {"group": "", "resource": "services", "namespace": namespace, "name": service}},
-    })
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    // Label keys sort by name: the family label before the managed-by one.
+    let mut labels = [
+        (LABEL_IP_FAMILY, family),
+        (LABEL_MANAGED_BY, MANAGED_BY_ALLOCATOR),
+    ];
+    labels.sort();
+    let labels: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{}:{}", q(k), q(v)))
+        .collect();
+    let text = format!(
+        r#"{{"apiVersion":"networking.k8s.io/v1","kind":"IPAddress","metadata":{{"creationTimestamp":{},"labels":{{{}}},"name":{},"uid":{}}},"spec":{{"parentRef":{{"group":"","name":{},"namespace":{},"resource":"services"}}}}}}"#,
+        q(created),
+        labels.join(","),
+        q(&ip.to_string()),
+        q(uid),
+        q(service),
+        q(namespace),
+    );
+    bytes::Bytes::from(text)
 }
 
 /// The ServiceCIDR object made from the flags.

@@ -235,10 +235,7 @@ pub(crate) async fn sync(shared: &Arc<Shared>) -> Result<RepairReport, ApiError>
                 ));
                 let key = ip_key(ip);
                 txn_compares.push(Compare::ModRevision(key.clone(), 0));
-                txn_ops.push(Op::Put(
-                    key,
-                    encode(&ip_address_object(ip, &first.0, &first.1)),
-                ));
+                txn_ops.push(Op::Put(key, ip_address_object(ip, &first.0, &first.1)));
                 st.mark_ip(*ip);
             }
             Some((parent, _, modrev)) => {
@@ -250,10 +247,7 @@ pub(crate) async fn sync(shared: &Arc<Shared>) -> Result<RepairReport, ApiError>
                     ));
                     let key = ip_key(ip);
                     txn_compares.push(Compare::ModRevision(key.clone(), *modrev));
-                    txn_ops.push(Op::Put(
-                        key,
-                        encode(&ip_address_object(ip, &first.0, &first.1)),
-                    ));
+                    txn_ops.push(Op::Put(key, ip_address_object(ip, &first.0, &first.1)));
                 }
             }
         }

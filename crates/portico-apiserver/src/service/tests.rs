@@ -861,7 +861,7 @@ async fn repair_on_start_reports_and_fixes() {
     let leaked: std::net::IpAddr = "10.96.0.200".parse().expect("ip");
     store
         .txn(vec![], vec![
-            Op::Put(ip_key(&leaked), encode(&ip_address_object(&leaked, "default", "gone"))),
+            Op::Put(ip_key(&leaked), ip_address_object(&leaked, "default", "gone")),
             Op::Put(node_port_key(31999), Bytes::from("default/gone")),
             Op::Put(svc_key("orphan"), encode(&json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "orphan", "namespace": "default"},
                 "spec": {"type": "NodePort", "clusterIP": "10.96.0.201", "clusterIPs": ["10.96.0.201"], "ipFamilies": ["IPv4"], "ports": [{"port": 80, "nodePort": 31000}]}}))),
@@ -1240,4 +1240,31 @@ async fn restart_keeps_every_allocation() {
         .err(),
         Some(500)
     );
+}
+
+/// The IPAddress written beside each Service is exactly what encoding the object as a `Value`
+/// gives (the watch cache's fast path needs that canonical form).
+#[test]
+fn ip_address_json_is_the_canonical_encoding() {
+    use portico_core::service::cidr::{LABEL_IP_FAMILY, LABEL_MANAGED_BY, MANAGED_BY_ALLOCATOR};
+    for (ip, family) in [("10.96.0.10", "IPv4"), ("fd00::a", "IPv6")] {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        let want = serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "IPAddress",
+            "metadata": {
+                "name": ip.to_string(),
+                "uid": "u-1",
+                "creationTimestamp": "2026-11-22T10:00:00Z",
+                "labels": {LABEL_IP_FAMILY: family, LABEL_MANAGED_BY: MANAGED_BY_ALLOCATOR},
+            },
+            "spec": {"parentRef": {"group": "", "resource": "services", "namespace": "ns", "name": "we\"b"}},
+        });
+        let got = super::ip_address_json(&ip, "ns", "we\"b", "u-1", "2026-11-22T10:00:00Z");
+        assert_eq!(got.as_ref(), serde_json::to_vec(&want).unwrap().as_slice());
+    }
+    let fresh = super::ip_address_object(&"10.0.0.1".parse().unwrap(), "a", "b");
+    let v: serde_json::Value = serde_json::from_slice(&fresh).unwrap();
+    assert_eq!(v["spec"]["parentRef"]["name"], "b");
+    assert!(v["metadata"]["uid"].as_str().is_some_and(|u| u.len() == 36));
 }
