@@ -41,8 +41,8 @@ struct Args {
     /// Measured seconds per create cell (after one warm-up second).
     #[arg(long, default_value_t = 4)]
     seconds: u64,
-    /// Rounds; each round runs ours and etcd at every concurrency, alternating.
-    #[arg(long, default_value_t = 3)]
+    /// Rounds (five: this shared machine swings one round by ±0.05); each runs ours and etcd at every concurrency, alternating.
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Upper bound on operations per create cell.
     #[arg(long, default_value_t = 50_000)]
