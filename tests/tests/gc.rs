@@ -190,3 +190,84 @@ fn cascading_deletion_with_kubectl() {
     );
     assert!(k.get("svc", "bad").is_some());
 }
+
+/// A namespace deleted with a cascade: its contents always go; what it owns outside itself (here
+/// another namespace) is orphaned or deleted first as the policy says, and the namespace stays
+/// until the collector has done that.
+#[test]
+fn namespace_deletion_with_orphan_and_foreground_cascades() {
+    let p = Portico::start_command("up", UP).expect("start portico up");
+    let k = Kubectl::new(&p);
+    let family = |parent: &str, child: &str, child_finalizers: &str| {
+        k.ok(&["create", "namespace", parent]);
+        let uid = uid(&k, "namespace", parent);
+        k.apply(
+            &format!("{child}.yaml"),
+            &format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {child}\n  finalizers: [{child_finalizers}]\n  ownerReferences:\n  - {{apiVersion: v1, kind: Namespace, name: {parent}, uid: {uid}, blockOwnerDeletion: true}}\n"
+            ),
+        );
+        k.ok(&[
+            "-n",
+            parent,
+            "create",
+            "service",
+            "clusterip",
+            "inside",
+            "--tcp=80",
+        ]);
+    };
+
+    family("orphaner", "orphan-child", "");
+    let out = k.ok(&["delete", "namespace", "orphaner", "--cascade=orphan"]);
+    assert!(out.contains("namespace \"orphaner\" deleted"), "{out}");
+    gone(&k, "namespace", "orphaner");
+    let (_, out, _) = k.run(&["-n", "orphaner", "get", "svc", "inside", "-o", "name"]);
+    assert!(out.trim().is_empty(), "contents go with any cascade: {out}");
+    let child = k
+        .get("namespace", "orphan-child")
+        .expect("an orphaned namespace is kept");
+    assert!(
+        child["metadata"]["ownerReferences"].is_null(),
+        "{:#}",
+        child["metadata"]
+    );
+
+    // Foreground: the child is deleted first; a finalizer holds it Terminating, and the parent
+    // (emptied, marked foregroundDeletion) waits for it.
+    family("fgparent", "fg-child", "example.com/hold");
+    k.ok(&[
+        "delete",
+        "namespace",
+        "fgparent",
+        "--cascade=foreground",
+        "--wait=false",
+    ]);
+    eventually("fg-child terminating", || {
+        match k.get("namespace", "fg-child") {
+            Some(c) if c["metadata"]["deletionTimestamp"].is_string() => Ok(()),
+            other => Err(format!("{other:#?}")),
+        }
+    });
+    let (_, out, _) = k.run(&["-n", "fgparent", "get", "svc", "inside", "-o", "name"]);
+    assert!(out.trim().is_empty(), "contents go at once: {out}");
+    std::thread::sleep(Duration::from_millis(500));
+    let parent = k
+        .get("namespace", "fgparent")
+        .expect("the parent waits for its blocking child");
+    assert!(
+        has_finalizer(&parent, "foregroundDeletion"),
+        "{:#}",
+        parent["metadata"]
+    );
+    k.ok(&[
+        "patch",
+        "namespace",
+        "fg-child",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ]);
+    gone(&k, "namespace", "fg-child");
+    gone(&k, "namespace", "fgparent");
+}

@@ -1438,6 +1438,15 @@ impl Api {
             if resp.succeeded {
                 meta_mut(&mut new)
                     .insert("resourceVersion".into(), json!(resp.revision.to_string()));
+                // A Terminating namespace whose last finalizer just went (the garbage collector
+                // is done with `orphan` or `foregroundDeletion`) can now be removed.
+                if info.plural == "namespaces"
+                    && object::meta_str(&new, "deletionTimestamp").is_some()
+                    && object::finalizers(&new).is_empty()
+                    && !object::finalizers(&old).is_empty()
+                {
+                    let _ = self.namespace_cleanup.send(name.to_string());
+                }
                 return Ok(new);
             }
             if precondition.is_some()
@@ -1566,6 +1575,11 @@ impl Api {
                 meta_mut(&mut new).insert("deletionTimestamp".into(), json!(object::now_rfc3339()));
                 meta_mut(&mut new).insert("deletionGracePeriodSeconds".into(), json!(0));
                 new["status"] = json!({"phase": "Terminating"});
+                // Orphan and Foreground ask the garbage collector to handle what the namespace
+                // owns (its contents go regardless); the namespace stays until it is done.
+                if let Some(f) = opts.gc_finalizers(&object::finalizers(&old)) {
+                    meta_mut(&mut new).insert("finalizers".into(), json!(f));
+                }
                 let resp = self
                     .store
                     .txn(
@@ -1682,7 +1696,12 @@ impl Api {
                 let key = key_of(ns_info, None, ns);
                 if let Some(kv) = self.store.get(&key).await? {
                     let old = object::decode_stored(&kv)?;
-                    if object::meta_str(&old, "deletionTimestamp").is_none() {
+                    // Still finalizing (the garbage collector's `orphan` or
+                    // `foregroundDeletion`): the update that removes the last finalizer
+                    // sends the namespace here again.
+                    if object::meta_str(&old, "deletionTimestamp").is_none()
+                        || !object::finalizers(&old).is_empty()
+                    {
                         return Ok(());
                     }
                     let _ = self.remove(ns_info, None, ns, &kv, old).await?;
