@@ -195,7 +195,6 @@ impl ApiError {
     }
 }
 
-/// RFC 3339 with whole seconds, as upstream's `metav1.Time`.
 /// A new `metadata.uid`: a random (v4) UUID from the thread's generator, not a system call
 /// per object.
 pub fn new_uid() -> String {
@@ -204,6 +203,7 @@ pub fn new_uid() -> String {
         .to_string()
 }
 
+/// RFC 3339 with whole seconds, as upstream's `metav1.Time`.
 pub fn now_rfc3339() -> String {
     let now = jiff::Timestamp::now();
     jiff::Timestamp::from_second(now.as_second())

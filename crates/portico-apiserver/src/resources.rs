@@ -237,8 +237,16 @@ pub fn in_group_version<'a>(
 /// The value of a field-selector field on an object, as upstream's field-label functions
 /// render it (`spec.unschedulable` is `true`/`false`; `source` is the source component).
 pub fn field_value(info: &ResourceInfo, obj: &serde_json::Value, field: &str) -> Option<String> {
+    field_value_at(info, field, obj.pointer(&field_pointer(info, field)))
+}
+
+/// [`field_value`] given the value at the field's [`field_pointer`] (None: missing).
+pub fn field_value_at(
+    info: &ResourceInfo,
+    field: &str,
+    at: Option<&serde_json::Value>,
+) -> Option<String> {
     let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
-    let at = obj.pointer(&field_pointer(info, field));
     Some(match field {
         "metadata.name" => s(at?),
         "metadata.namespace" => at.map(s).unwrap_or_default(),

@@ -185,6 +185,13 @@ fn list_kind(ext: Option<&FieldExt>) -> ListKind {
     }
 }
 
+/// The type of a whole object of `kind` (a plain map for kinds without a schema).
+fn kind_ty(kind: &str) -> Ty {
+    openapi::kind_definition(kind)
+        .map(Ty::Struct)
+        .unwrap_or(Ty::Map(Elem::Scalar, false))
+}
+
 /// Where a value sits in the schema.
 #[derive(Clone, Copy)]
 enum Ty {
@@ -389,9 +396,7 @@ fn object_fields(
     walk: Walk,
 ) -> BTreeMap<Path, Option<Value>> {
     let mut out = BTreeMap::new();
-    let ty = openapi::kind_definition(kind)
-        .map(Ty::Struct)
-        .unwrap_or(Ty::Map(Elem::Scalar, false));
+    let ty = kind_ty(kind);
     field_values(obj, ty, walk, &mut Vec::new(), &mut out);
     out.retain(|p, _| !is_ignored(p, kind, subresource));
     out
@@ -493,9 +498,7 @@ fn create_fields(kind: &str, obj: &Value, subresource: Option<&str>) -> FieldsNo
             node
         }
     }
-    let ty = openapi::kind_definition(kind)
-        .map(Ty::Struct)
-        .unwrap_or(Ty::Map(Elem::Scalar, false));
+    let ty = kind_ty(kind);
     let mut walker = Walker {
         kind,
         subresource,
@@ -647,6 +650,11 @@ fn write_entries(obj: &mut Value, mut entries: Vec<Entry>) {
             .then_with(|| p.api_version.cmp(&q.api_version))
             .then_with(|| p.subresource.cmp(&q.subresource))
     });
+    put_managed_fields(obj, entries.iter().map(Entry::to_json).collect());
+}
+
+/// Sets `metadata.managedFields` to `list` (encoded entries, in order), or removes it if empty.
+fn put_managed_fields(obj: &mut Value, list: Vec<Value>) {
     let Some(meta) = obj
         .as_object_mut()
         .map(|o| o.entry("metadata").or_insert_with(|| json!({})))
@@ -656,13 +664,10 @@ fn write_entries(obj: &mut Value, mut entries: Vec<Entry>) {
     let Some(meta) = meta.as_object_mut() else {
         return;
     };
-    if entries.is_empty() {
+    if list.is_empty() {
         meta.remove("managedFields");
     } else {
-        meta.insert(
-            "managedFields".into(),
-            Value::Array(entries.iter().map(Entry::to_json).collect()),
-        );
+        meta.insert("managedFields".into(), Value::Array(list));
     }
 }
 
@@ -698,15 +703,12 @@ pub fn record_update(
             subresource: subresource.unwrap_or("").to_string(),
             set: Set::new(),
         };
-        let managed = (!fields.is_empty()).then(|| vec![entry.json_with(fields.encode())]);
-        if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
-            match managed {
-                Some(list) => meta.insert("managedFields".into(), Value::Array(list)),
-                None => meta.remove("managedFields"),
-            };
-        } else if let (Some(list), Some(o)) = (managed, new.as_object_mut()) {
-            o.insert("metadata".into(), json!({ "managedFields": list }));
-        }
+        let list = if fields.is_empty() {
+            Vec::new()
+        } else {
+            vec![entry.json_with(fields.encode())]
+        };
+        put_managed_fields(new, list);
         return;
     };
     let mut entries = read_entries(Some(old));
@@ -766,9 +768,7 @@ pub fn apply(
     {
         return Err(ApiError::bad_request("metadata.managedFields must be nil"));
     }
-    let ty = openapi::kind_definition(kind)
-        .map(Ty::Struct)
-        .unwrap_or(Ty::Map(Elem::Scalar, false));
+    let ty = kind_ty(kind);
     let empty = json!({});
     let live_obj = live.unwrap_or(&empty);
     let mut entries = read_entries(live);

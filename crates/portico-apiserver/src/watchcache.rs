@@ -88,20 +88,17 @@ impl CachedObject {
         let fields = if info.field_labels.is_empty() {
             Box::default()
         } else {
-            // Only the values the field labels read are decoded, into an object that holds
-            // nothing else.
-            let mut partial = Value::Object(Map::new());
+            // Only the values the field labels read are decoded.
+            let mut fields = Vec::with_capacity(info.field_labels.len());
             for f in info.field_labels {
                 let pointer = crate::resources::field_pointer(info, f);
                 let segments: Vec<&str> = pointer.split('/').skip(1).collect();
-                if let Some(v) = extract(&top, &segments)? {
-                    graft(&mut partial, &segments, v);
-                }
+                let at = extract(&top, &segments)?;
+                fields.push(
+                    crate::resources::field_value_at(info, f, at.as_ref()).unwrap_or_default(),
+                );
             }
-            info.field_labels
-                .iter()
-                .map(|f| crate::resources::field_value(info, &partial, f).unwrap_or_default())
-                .collect()
+            fields.into_boxed_slice()
         };
         let prefix = line_prefix(line_kind);
         let mut buf = Vec::with_capacity(stored.len() + prefix.len() + 48);
@@ -237,8 +234,6 @@ fn labels_from_json(text: &str) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// A stored object split into its top-level members and its metadata members, all undecoded.
-/// A missing or non-object `metadata` counts as empty (as `object::meta_mut` treats it).
 /// The value at `segments` under the members `top`, decoding only the containers on the way.
 fn extract(top: &Members, segments: &[&str]) -> Result<Option<Value>, serde_json::Error> {
     let Some((first, rest)) = segments.split_first() else {
@@ -269,49 +264,8 @@ fn extract(top: &Members, segments: &[&str]) -> Result<Option<Value>, serde_json
     serde_json::from_str(raw.get()).map(Some)
 }
 
-/// Puts `v` at `segments` inside `root`, creating the objects and arrays on the way.
-fn graft(root: &mut Value, segments: &[&str], v: Value) {
-    let Some((last, parents)) = segments.split_last() else {
-        return;
-    };
-    let mut at = root;
-    for (i, segment) in parents.iter().enumerate() {
-        let next_is_index = segments[i + 1].parse::<usize>().is_ok();
-        let fresh = || {
-            if next_is_index {
-                Value::Array(Vec::new())
-            } else {
-                Value::Object(Map::new())
-            }
-        };
-        at = match (at, segment.parse::<usize>()) {
-            (Value::Array(items), Ok(index)) => {
-                if items.len() <= index {
-                    items.resize(index + 1, Value::Null);
-                }
-                if items[index].is_null() {
-                    items[index] = fresh();
-                }
-                &mut items[index]
-            }
-            (Value::Object(m), _) => m.entry(segment.to_string()).or_insert_with(fresh),
-            _ => return,
-        };
-    }
-    match (at, last.parse::<usize>()) {
-        (Value::Array(items), Ok(index)) => {
-            if items.len() <= index {
-                items.resize(index + 1, Value::Null);
-            }
-            items[index] = v;
-        }
-        (Value::Object(m), _) => {
-            m.insert(last.to_string(), v);
-        }
-        _ => {}
-    }
-}
-
+/// A stored object split into its top-level members and its metadata members, all undecoded.
+/// A missing or non-object `metadata` counts as empty (as `object::meta_mut` treats it).
 fn parse_stored(stored: &[u8]) -> Result<(Members<'_>, StoredMeta<'_>), serde_json::Error> {
     let top: Members = serde_json::from_slice(stored)?;
     let meta = top
